@@ -1,0 +1,10 @@
+// The one table of authenticator types. Adding one: a new file exporting a
+// defineAuthenticator(...) and one line here.
+import type { AuthenticatorType } from './types.ts';
+import { mtls } from './mtls.ts';
+
+export const AUTHENTICATOR_TYPES: readonly AuthenticatorType<any>[] = [mtls];
+
+export const AUTHENTICATORS_BY_TYPE: ReadonlyMap<string, AuthenticatorType<any>> = new Map(
+  AUTHENTICATOR_TYPES.map((t) => [t.type, t]),
+);

@@ -1,0 +1,118 @@
+// Validated config -> everything the request path needs, built once and frozen:
+// TLS contexts, authenticator instances with their keys, policies, block lists,
+// header names. Nothing here runs per request.
+import { readFileSync } from 'node:fs';
+import { resolve } from 'node:path';
+import type { BlockList } from 'node:net';
+import { ConfigError, type ConfigIssue } from '../errors.ts';
+import type { RawConfig } from './schema.ts';
+import { parseListen } from './schema.ts';
+import { AUTHENTICATORS_BY_TYPE } from '../authenticators/registry.ts';
+import type { Authenticator } from '../authenticators/types.ts';
+import { buildTls, type TlsTable } from '../tls/contexts.ts';
+import { blockList, compilePolicies, type CompiledPolicy } from '../pipeline/match.ts';
+
+export interface CompileOptions {
+  file: string;
+  baseDir: string;
+  refFiles: string[];
+  now?: number;
+  env?: NodeJS.ProcessEnv;
+}
+
+export interface CompiledIdentity {
+  /** Lower-case header names. */
+  readonly headers: { readonly subject: string; readonly method: string; readonly keyId: string; readonly scopes: string; readonly clientCert: string };
+  readonly clientCertFormat: 'xfcc' | 'rfc9440';
+  readonly claims: readonly (readonly [header: string, claim: string])[];
+  readonly debugHeaders: boolean;
+  /** Header names (lower-case, "_" folded to "-") never accepted from a client. */
+  readonly reserved: ReadonlySet<string>;
+}
+
+export interface CompiledConfig {
+  readonly file: string;
+  readonly baseDir: string;
+  readonly loadedAt: number;
+  readonly server: {
+    readonly host: string; readonly port: number; readonly workers: number | 'auto';
+    readonly maxHeaderBytes: number; readonly maxBodyBytes: number; readonly maxConnections: number;
+    readonly timeouts: { readonly headersMs: number; readonly requestMs: number; readonly idleMs: number; readonly shutdownMs: number };
+    readonly trustedProxies: BlockList; readonly hasTrustedProxies: boolean;
+  };
+  readonly admin: { readonly host: string; readonly port: number };
+  readonly tls: TlsTable;
+  readonly upstream: { readonly url: URL; readonly timeoutMs: number; readonly websockets: boolean; readonly ca?: string; readonly key: string };
+  readonly identity: CompiledIdentity;
+  readonly authenticators: ReadonlyMap<string, Authenticator>;
+  readonly policies: readonly CompiledPolicy[];
+  readonly logging: { readonly level: string; readonly access: boolean };
+  /** Every file the config names, for `check` and reload-on-change. */
+  readonly files: readonly string[];
+}
+
+const ALWAYS_RESERVED = ['x-forwarded-for', 'x-forwarded-proto', 'x-forwarded-host', 'x-forwarded-client-cert', 'client-cert', 'client-cert-chain', 'x-real-ip'];
+
+export const foldHeader = (name: string) => name.toLowerCase().replace(/_/g, '-');
+
+export function compile(raw: RawConfig, opts: CompileOptions): CompiledConfig {
+  const now = opts.now ?? Date.now();
+  const issues: ConfigIssue[] = [];
+  const resolvePath = (p: string) => resolve(opts.baseDir, p);
+
+  const tls = buildTls(raw.tls, resolvePath, now, issues);
+
+  const authenticators = new Map<string, Authenticator>();
+  for (const [name, cfg] of Object.entries(raw.authenticators)) {
+    const type = AUTHENTICATORS_BY_TYPE.get((cfg as { type: string }).type)!;
+    try {
+      authenticators.set(name, type.create(cfg, { name, resolvePath, clientAuth: !!raw.tls.clientAuth }));
+    } catch (e) {
+      if (e instanceof ConfigError) issues.push(...e.issues);
+      else issues.push({ path: ['authenticators', name], message: (e as Error).message });
+    }
+  }
+
+  const policies = compilePolicies(raw.policies, (n) => authenticators.get(n), issues);
+
+  let upstreamCa: string | undefined;
+  if (raw.upstream.ca) {
+    try { upstreamCa = readFileSync(resolvePath(raw.upstream.ca), 'utf8'); } catch (e) {
+      issues.push({ path: ['upstream', 'ca'], message: `cannot read ${raw.upstream.ca}: ${(e as NodeJS.ErrnoException).code ?? e}` });
+    }
+  }
+
+  const h = raw.identity.headers;
+  const headers = { subject: h.subject.toLowerCase(), method: h.method.toLowerCase(), keyId: h.keyId.toLowerCase(), scopes: h.scopes.toLowerCase(), clientCert: h.clientCert.toLowerCase() };
+  const claims = Object.entries(raw.identity.claims).map(([hdr, claim]) => [hdr.toLowerCase(), claim] as const);
+  const reserved = new Set([...Object.values(headers), ...claims.map(([hdr]) => hdr), ...ALWAYS_RESERVED].map(foldHeader));
+
+  if (issues.length || !tls) throw new ConfigError(issues.length ? issues : [{ path: ['tls', 'certificates'], message: 'no usable server certificate' }]);
+
+  const listen = parseListen(raw.server.listen)!;
+  const admin = parseListen(raw.admin.listen)!;
+  const files = [opts.file, ...opts.refFiles, ...tls.files, ...(raw.upstream.ca ? [resolvePath(raw.upstream.ca)] : [])];
+
+  return Object.freeze({
+    file: opts.file,
+    baseDir: opts.baseDir,
+    loadedAt: now,
+    server: Object.freeze({
+      host: listen.host, port: listen.port, workers: raw.server.workers,
+      maxHeaderBytes: raw.server.maxHeaderBytes, maxBodyBytes: raw.server.maxBodyBytes, maxConnections: raw.server.maxConnections,
+      timeouts: Object.freeze({ ...raw.server.timeouts }),
+      trustedProxies: blockList(raw.server.trustedProxies), hasTrustedProxies: raw.server.trustedProxies.length > 0,
+    }),
+    admin: Object.freeze({ host: admin.host, port: admin.port }),
+    tls,
+    upstream: Object.freeze({
+      url: new URL(raw.upstream.url), timeoutMs: raw.upstream.timeoutMs, websockets: raw.upstream.websockets, ca: upstreamCa,
+      key: `${raw.upstream.url}|${upstreamCa ?? ''}`,
+    }),
+    identity: Object.freeze({ headers: Object.freeze(headers), clientCertFormat: raw.identity.clientCertFormat, claims, debugHeaders: raw.identity.debugHeaders, reserved }),
+    authenticators,
+    policies: Object.freeze(policies),
+    logging: Object.freeze({ ...raw.logging }),
+    files: Object.freeze([...new Set(files)]),
+  });
+}

@@ -1,0 +1,41 @@
+// Every default in one place, with its unit. The schema reads these; the JSON
+// Schema for editors shows them; nothing else hard-codes a default.
+export const DEFAULTS = {
+  server: {
+    listen: '0.0.0.0:8443',
+    workers: 1,
+    maxHeaderBytes: 16_384, // 16 KiB, as Node's own default
+    maxBodyBytes: 1_048_576, // 1 MiB; bodies are buffered only for routes that sign the body
+    maxConnections: 10_000,
+    timeouts: {
+      headersMs: 10_000, // 10 s to send the request head (slowloris)
+      requestMs: 60_000, // 60 s for the whole request
+      idleMs: 60_000, // 60 s idle keep-alive
+      shutdownMs: 15_000, // 15 s drain on SIGTERM
+    },
+    trustedProxies: [] as string[], // nobody's X-Forwarded-For is believed
+  },
+  admin: { listen: '127.0.0.1:9901' },
+  tls: {
+    minVersion: 'TLSv1.2' as const,
+    unknownSni: 'reject' as const,
+    sessionTimeoutSec: 300, // 5 min: how long a TLS session may be resumed
+  },
+  upstream: {
+    timeoutMs: 30_000, // 30 s waiting for the upstream's response
+    websockets: true,
+  },
+  identity: {
+    headers: {
+      subject: 'X-Auth-User-ID',
+      method: 'X-Auth-Method',
+      keyId: 'X-Auth-Key-ID',
+      scopes: 'X-Auth-Scopes',
+      clientCert: 'X-Forwarded-Client-Cert',
+    },
+    clientCertFormat: 'xfcc' as const,
+    debugHeaders: false,
+  },
+  policy: { mode: 'enforce' as const },
+  logging: { level: 'info' as const, access: true },
+} as const;

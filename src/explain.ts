@@ -1,0 +1,82 @@
+// `portcullis explain`: one request described on the command line, run through
+// the same context, decision and header stages as live traffic, without a network.
+import { isIP } from 'node:net';
+import type { IncomingHttpHeaders } from 'node:http';
+import type { CompiledConfig } from './config/compile.ts';
+import { ERRORS } from './errors.ts';
+import { buildContext, type RequestContext } from './pipeline/context.ts';
+import { decide, type Decision } from './pipeline/decide.ts';
+import { setIdentity, stripInbound } from './pipeline/headers.ts';
+import type { ConnectionInfo } from './tls/peer.ts';
+import { verifyOffline } from './tls/offline.ts';
+
+export interface ExplainInput { method: string; url: string; headers: string[]; certPem?: string; ip?: string }
+
+export interface Explanation {
+  input: ExplainInput;
+  sni?: string;
+  conn: ConnectionInfo;
+  ctx?: RequestContext;
+  decision?: Decision;
+  /** Set when the request is refused before any policy (400, 421). */
+  early?: { code: string; status: number; reason: string };
+  upstreamHeaders?: IncomingHttpHeaders;
+  upstreamUrl?: string;
+}
+
+export async function explain(cfg: CompiledConfig, input: ExplainInput, now = Date.now()): Promise<Explanation | { error: string }> {
+  const m = /^https?:\/\/([^/?#]+)(.*)$/i.exec(input.url);
+  if (!m) return { error: `URL must be absolute, e.g. https://api.example.com/path (got ${input.url})` };
+  const authority = m[1]!;
+  const hostOnly = authority.startsWith('[') ? authority.slice(1, authority.indexOf(']')) : authority.split(':')[0]!;
+  const sni = isIP(hostOnly) ? undefined : hostOnly.toLowerCase().replace(/\.$/, '');
+  const headers: IncomingHttpHeaders = { host: authority };
+  const rawHeaders: string[] = [];
+  for (const h of input.headers) {
+    const i = h.indexOf(':');
+    if (i <= 0) return { error: `-H "${h}": expected "Name: value"` };
+    const name = h.slice(0, i).trim().toLowerCase(), value = h.slice(i + 1).trim();
+    headers[name] = value;
+    rawHeaders.push(h.slice(0, i).trim(), value);
+  }
+  if (!rawHeaders.some((_, i) => i % 2 === 0 && rawHeaders[i]!.toLowerCase() === 'host')) rawHeaders.push('Host', authority);
+  const clientCert = input.certPem ? verifyOffline(input.certPem, cfg.tls, now) : { present: false, verified: false };
+  const ip = input.ip ?? '127.0.0.1';
+  if (!isIP(ip)) return { error: `--ip ${ip}: not an IP address` };
+  const conn: ConnectionInfo = { remoteAddress: ip, remotePort: 0, sni, resumed: false, clientCert };
+  const c = buildContext({ method: input.method.toUpperCase(), url: m[2] || '/', headers, rawHeaders }, conn, cfg);
+  if (!c.ok) return { input, sni, conn, early: { code: c.code, status: ERRORS[c.code].status, reason: c.reason } };
+  const decision = await decide(cfg, c.ctx, now);
+  const ex: Explanation = { input, sni, conn, ctx: c.ctx, decision };
+  if (decision.outcome !== 'deny') {
+    const out: IncomingHttpHeaders = { ...headers };
+    for (const a of decision.policy!.authenticators) for (const h of a.credentialHeaders) delete out[h];
+    stripInbound(out, cfg.identity.reserved, false);
+    setIdentity(out, c.ctx, decision.identity, cfg);
+    ex.upstreamHeaders = out;
+    ex.upstreamUrl = new URL((c.ctx.query ? `${c.ctx.path}?${c.ctx.query}` : c.ctx.path).replace(/^\/+/, '/'), cfg.upstream.url).href;
+  }
+  return ex;
+}
+
+export function formatExplanation(e: Explanation): string {
+  const L: string[] = [];
+  L.push(`request   ${e.input.method.toUpperCase()} ${e.input.url}`);
+  L.push(`tls       sni=${e.sni ?? '(none)'} client-cert=${e.conn.clientCert.present ? (e.conn.clientCert.verified ? `verified ${e.conn.clientCert.cert?.subject}` : `refused: ${e.conn.clientCert.problem} (${e.conn.clientCert.detail})`) : 'none'}`);
+  if (e.early) {
+    L.push(`result    ${e.early.status} ${e.early.code}: ${e.early.reason}`);
+    return L.join('\n');
+  }
+  const d = e.decision!;
+  L.push(`path      ${e.ctx!.path}${e.ctx!.query ? '?' + e.ctx!.query : ''} (normalised)   client-ip ${e.ctx!.clientIp}`);
+  L.push(`policy    ${d.policy ? `${d.policy.name} (#${d.policy.index}, ${d.policy.summary.authenticate}, ${d.policy.summary.mode})` : '(none matches)'}`);
+  for (const t of d.trace) L.push(`  ${t.authenticator.padEnd(16)} ${t.type.padEnd(7)} ${t.verdict.toUpperCase().padEnd(5)} ${t.code ?? ''}${t.code ? ' ' : ''}${t.reason}`);
+  if (d.outcome === 'allow') L.push(`result    ALLOW -> ${e.upstreamUrl}`);
+  else if (d.outcome === 'would_deny') L.push(`result    WOULD DENY ${d.status} ${d.code} (report-only: forwarded) - ${d.reason}`);
+  else L.push(`result    DENY ${d.status} ${d.code}: ${d.reason}`);
+  if (e.upstreamHeaders) {
+    L.push('upstream headers:');
+    for (const [k, v] of Object.entries(e.upstreamHeaders)) L.push(`  ${k}: ${Array.isArray(v) ? v.join(', ') : v}`);
+  }
+  return L.join('\n');
+}

@@ -1,0 +1,58 @@
+// The decision for one request: policy match, IP rules, the requirement tree,
+// authorisation. Pure with respect to the network: `explain` runs it too.
+import type { AuthCode } from '../errors.ts';
+import { ERRORS } from '../errors.ts';
+import type { CompiledConfig } from '../config/compile.ts';
+import type { Authenticator, AuthRequest } from '../authenticators/types.ts';
+import type { RequestContext } from './context.ts';
+import { inList, matchPolicy, type CompiledPolicy } from './match.ts';
+import { evaluate, type TraceEntry } from './requirements.ts';
+import { mergeIdentity, type Identity } from './identity.ts';
+
+export interface Decision {
+  readonly policy?: CompiledPolicy;
+  /** allow: forward with identity; deny: refuse; would_deny: report-only policy, forwarded anyway. */
+  readonly outcome: 'allow' | 'deny' | 'would_deny';
+  readonly code?: AuthCode;
+  readonly status?: number;
+  readonly reason: string;
+  readonly identity?: Identity;
+  readonly trace: readonly TraceEntry[];
+}
+
+const noTiming = () => {};
+
+function authorise(p: CompiledPolicy, id: Identity): string | undefined {
+  for (const s of p.scopesAll) if (!id.scopes.includes(s)) return `missing scope "${s}"`;
+  if (p.scopesAny.length && !p.scopesAny.some((s) => id.scopes.includes(s))) return `needs one of the scopes ${p.scopesAny.join(', ')}`;
+  if (p.subjects && !(id.subject !== undefined && p.subjects.some((r) => r.test(id.subject!)))) return `subject ${id.subject ?? '(none)'} is not allowed`;
+  return undefined;
+}
+
+export async function decide(
+  cfg: CompiledConfig,
+  ctx: RequestContext,
+  now: number,
+  timed: (auth: Authenticator, seconds: number) => void = noTiming,
+): Promise<Decision> {
+  const policy = matchPolicy(cfg.policies, ctx.host, ctx.path, ctx.method);
+  if (!policy) return { outcome: 'deny', code: 'AUTH_011', status: 403, reason: `no policy matches ${ctx.method} ${ctx.host ?? '(no host)'}${ctx.path}`, trace: [] };
+
+  const trace: TraceEntry[] = [];
+  const refuse = (code: AuthCode, reason: string, identity?: Identity): Decision => {
+    const status = code === 'AUTH_002' ? policy.expiredStatus : ERRORS[code].status;
+    return { policy, outcome: policy.reportOnly ? 'would_deny' : 'deny', code, status, reason, identity, trace };
+  };
+
+  if (policy.denyIps && inList(policy.denyIps, ctx.clientIp)) return refuse('AUTH_005', `client IP ${ctx.clientIp} is in denyIps`);
+  if (policy.allowIps && !inList(policy.allowIps, ctx.clientIp)) return refuse('AUTH_005', `client IP ${ctx.clientIp} is not in allowIps`);
+
+  const req: AuthRequest = { conn: ctx.conn, method: ctx.method, path: ctx.path, query: ctx.query, headers: ctx.headers, clientIp: ctx.clientIp, now };
+  const result = await evaluate(policy.requirement, req, trace, timed);
+  if (result.kind !== 'allow') return refuse(result.code, result.reason);
+
+  const identity = mergeIdentity(result.allowed);
+  const why = authorise(policy, identity);
+  if (why) return refuse('AUTH_008', why, identity);
+  return { policy, outcome: 'allow', reason: 'allowed', identity, trace };
+}

@@ -1,0 +1,175 @@
+// The request handler: the one module that imports every stage.
+// connection -> context -> decision -> header mutation -> upstream.
+import { STATUS_CODES, type IncomingMessage, type ServerResponse } from 'node:http';
+import type { Duplex } from 'node:stream';
+import type { TLSSocket } from 'node:tls';
+import { ERRORS, errorBody, type ErrorCode } from '../errors.ts';
+import type { CompiledConfig } from '../config/compile.ts';
+import type { Logger } from '../log.ts';
+import type { Metrics } from '../metrics.ts';
+import type { ConnectionInfo } from '../tls/peer.ts';
+import { buildContext, type RequestContext } from './context.ts';
+import { decide, type Decision } from './decide.ts';
+import { setIdentity, stripInbound } from './headers.ts';
+import type { Upstream, UpstreamFailure } from './upstream.ts';
+
+export interface HandlerDeps {
+  /** The serving config; read once per request so in-flight requests keep theirs. */
+  config(): CompiledConfig;
+  upstream(cfg: CompiledConfig): Upstream;
+  connection(socket: TLSSocket): ConnectionInfo;
+  logger: Logger;
+  metrics: Metrics;
+  now(): number;
+  /** False while draining: new requests get 503. */
+  accepting(): boolean;
+}
+
+function challenge(d: Decision): string {
+  const types = new Set(d.policy?.authenticators.map((a) => a.type));
+  if (types.has('jwt')) return 'Bearer error="invalid_token"';
+  return `Portcullis realm="${d.policy?.name ?? 'portcullis'}"`;
+}
+
+export function createHandler(deps: HandlerDeps) {
+  const { logger, metrics } = deps;
+
+  function errorHeaders(code: ErrorCode, id: string, d?: Decision): Record<string, string> {
+    const h: Record<string, string> = { 'content-type': 'application/json', 'cache-control': 'no-store', 'x-request-id': id };
+    if (ERRORS[code].status === 401 || (d?.status === 401)) h['www-authenticate'] = d ? challenge(d) : 'Portcullis realm="portcullis"';
+    return h;
+  }
+
+  function sendError(res: ServerResponse, code: ErrorCode, id: string, d?: Decision): void {
+    if (res.headersSent) { res.destroy(); return; }
+    const status = d?.status ?? ERRORS[code].status;
+    const body = errorBody(code, id);
+    res.writeHead(status, { ...errorHeaders(code, id, d), 'content-length': String(Buffer.byteLength(body)) });
+    res.end(body);
+  }
+
+  function sendErrorOnSocket(socket: Duplex, code: ErrorCode, id: string, d?: Decision): void {
+    const status = d?.status ?? ERRORS[code].status;
+    const body = errorBody(code, id);
+    const head = Object.entries({ ...errorHeaders(code, id, d), 'content-length': String(Buffer.byteLength(body)), connection: 'close' })
+      .map(([k, v]) => `${k}: ${v}`).join('\r\n');
+    socket.end(`HTTP/1.1 ${status} ${statusText(status)}\r\n${head}\r\n\r\n${body}`);
+  }
+
+  function logAccess(cfg: CompiledConfig, ctx: RequestContext | undefined, id: string, method: string | undefined, d: Decision | undefined, code: ErrorCode | undefined, status: number, t0: number, upstreamMs?: number): void {
+    const policy = d?.policy?.name ?? 'none';
+    const outcome = code && !d ? 'error' : d?.outcome ?? 'error';
+    metrics.requests.inc({ policy, outcome, code: code ?? '' });
+    metrics.requestDuration.observe({ policy }, (performance.now() - t0) / 1000);
+    if (!cfg.logging.access) return;
+    logger.info({
+      msg: 'access', requestId: id, policy, outcome, code, status, method,
+      path: ctx?.path, host: ctx?.host, clientIp: ctx?.clientIp ?? undefined,
+      subject: d?.identity?.subject, keyId: d?.identity?.keyId, authenticators: d?.identity?.authenticators,
+      durationMs: +(performance.now() - t0).toFixed(3), upstreamMs,
+    });
+  }
+
+  function audit(ctx: RequestContext, d: Decision): void {
+    logger.warn({
+      msg: d.outcome === 'would_deny' ? 'would deny (report-only)' : 'denied',
+      requestId: ctx.id, policy: d.policy?.name, code: d.code, reason: d.reason,
+      method: ctx.method, path: ctx.path, host: ctx.host, clientIp: ctx.clientIp, sni: ctx.conn.sni,
+      trace: d.trace.map((t) => ({ authenticator: t.authenticator, verdict: t.verdict, code: t.code, reason: t.reason })),
+    });
+  }
+
+  const timed = (auth: { name: string }, s: number) => metrics.authDuration.observe({ authenticator: auth.name }, s);
+
+  /** Shared by plain requests and upgrades: the context and decision, or a finished refusal. */
+  async function admit(req: IncomingMessage, cfg: CompiledConfig, t0: number, refuse: (code: ErrorCode, id: string, d?: Decision) => void) {
+    const conn = deps.connection(req.socket as TLSSocket);
+    const c = buildContext(req, conn, cfg);
+    if (!c.ok) {
+      logger.info({ msg: 'bad request', requestId: c.id, code: c.code, reason: c.reason, sni: conn.sni });
+      refuse(c.code, c.id);
+      logAccess(cfg, undefined, c.id, req.method, undefined, c.code, ERRORS[c.code].status, t0);
+      return undefined;
+    }
+    const ctx = c.ctx;
+    let d: Decision;
+    try {
+      d = await decide(cfg, ctx, deps.now(), timed);
+    } catch (e) {
+      // An authenticator threw: a bug or an infrastructure failure. Never forward.
+      logger.error({ msg: 'authentication failed with an internal error', requestId: ctx.id, err: { message: (e as Error).message } });
+      refuse('INTERNAL', ctx.id);
+      logAccess(cfg, ctx, ctx.id, ctx.method, undefined, 'INTERNAL', 503, t0);
+      return undefined;
+    }
+    if (d.outcome !== 'allow') audit(ctx, d);
+    if (d.outcome === 'deny') {
+      refuse(d.code!, ctx.id, d);
+      logAccess(cfg, ctx, ctx.id, ctx.method, d, d.code, d.status!, t0);
+      return undefined;
+    }
+    // Allowed (or report-only): strip what the client may not set, set what we vouch for.
+    for (const a of d.policy!.authenticators) for (const h of a.credentialHeaders) delete req.headers[h];
+    stripInbound(req.headers, cfg.identity.reserved, req.headers.upgrade !== undefined);
+    // A report-only denial forwards with whatever identity was verified (none if authentication failed).
+    setIdentity(req.headers, ctx, d.identity, cfg);
+    req.url = ctx.query ? `${ctx.path}?${ctx.query}` : ctx.path;
+    return { ctx, d };
+  }
+
+  async function onRequest(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    const t0 = performance.now();
+    const cfg = deps.config();
+    if (!deps.accepting()) { res.setHeader('connection', 'close'); sendError(res, 'NOT_READY', 'draining'); return; }
+    const admitted = await admit(req, cfg, t0, (code, id, d) => sendError(res, code, id, d));
+    if (!admitted) return;
+    const { ctx, d } = admitted;
+    if (cfg.identity.debugHeaders && d.identity) {
+      res.setHeader('x-auth-method', d.identity.methods.join(','));
+      if (d.identity.subject !== undefined) res.setHeader('x-auth-user-id', req.headers[cfg.identity.headers.subject] as string);
+      if (d.identity.keyId !== undefined) res.setHeader('x-auth-key-id', req.headers[cfg.identity.headers.keyId] as string);
+      res.setHeader('x-auth-ip', ctx.clientIp);
+    }
+    res.setHeader('x-request-id', ctx.id);
+    const tUp = performance.now();
+    let upstreamMs: number | undefined;
+    res.once('finish', () => logAccess(cfg, ctx, ctx.id, ctx.method, d, d.code, res.statusCode, t0, upstreamMs));
+    res.once('close', () => { if (!res.writableFinished && upstreamMs === undefined) logAccess(cfg, ctx, ctx.id, ctx.method, d, d.code, 499, t0); });
+    const upstream = deps.upstream(cfg);
+    upstream.web(req, res, (f: UpstreamFailure, detail) => {
+      upstreamMs = performance.now() - tUp;
+      logger.error({ msg: 'upstream error', requestId: ctx.id, code: f, detail });
+      sendError(res, f, ctx.id);
+    });
+    res.once('prefinish', () => {
+      upstreamMs ??= performance.now() - tUp;
+      metrics.upstreamDuration.observe(upstreamMs / 1000);
+    });
+  }
+
+  async function onUpgrade(req: IncomingMessage, socket: Duplex, head: Buffer): Promise<void> {
+    const t0 = performance.now();
+    const cfg = deps.config();
+    socket.on('error', () => socket.destroy());
+    if (!deps.accepting()) { sendErrorOnSocket(socket, 'NOT_READY', 'draining'); return; }
+    if (!cfg.upstream.websockets || String(req.headers.upgrade).toLowerCase() !== 'websocket') {
+      sendErrorOnSocket(socket, 'BAD_REQUEST', 'upgrade');
+      return;
+    }
+    const admitted = await admit(req, cfg, t0, (code, id, d) => sendErrorOnSocket(socket, code, id, d));
+    if (!admitted) return;
+    const { ctx, d } = admitted;
+    logAccess(cfg, ctx, ctx.id, ctx.method, d, d.code, 101, t0);
+    deps.upstream(cfg).ws(req, socket, head, (f, detail) => {
+      logger.error({ msg: 'upstream error', requestId: ctx.id, code: f, detail });
+      if (socket.writable) sendErrorOnSocket(socket, f, ctx.id);
+      else socket.destroy();
+    });
+  }
+
+  return { onRequest, onUpgrade, sendError };
+}
+
+function statusText(status: number): string {
+  return STATUS_CODES[status] ?? 'Error';
+}

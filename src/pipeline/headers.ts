@@ -1,0 +1,80 @@
+// Header mutation for the upstream: strip what a client must not set, then set
+// what Portcullis vouches for. Works on the request's header object in place.
+import type { IncomingHttpHeaders } from 'node:http';
+import type { CompiledConfig } from '../config/compile.ts';
+import { foldHeader } from '../config/compile.ts';
+import type { PeerCert } from '../tls/peer.ts';
+import type { Identity } from './identity.ts';
+import type { RequestContext } from './context.ts';
+
+const HOP_BY_HOP = ['connection', 'keep-alive', 'proxy-connection', 'te', 'trailer', 'upgrade', 'proxy-authorization', 'http2-settings'];
+
+/**
+ * A value safe in a header and unambiguous to the upstream: printable ASCII
+ * kept, "%" and everything else (CR, LF, NUL, non-ASCII) percent-encoded as UTF-8.
+ */
+export function headerSafe(v: string): string {
+  if (/^[\x20-\x24\x26-\x7e]*$/.test(v)) return v;
+  let out = '';
+  for (const ch of v) {
+    const c = ch.codePointAt(0)!;
+    if (c >= 0x20 && c <= 0x7e && c !== 0x25) out += ch;
+    else for (const b of Buffer.from(ch, 'utf8')) out += '%' + b.toString(16).toUpperCase().padStart(2, '0');
+  }
+  return out;
+}
+
+function xfccValue(v: string): string {
+  return /[,;="\s\\]/.test(v) ? `"${v.replace(/["\\]/g, '\\$&')}"` : v;
+}
+
+/** Envoy's X-Forwarded-Client-Cert element for one certificate. */
+export function xfcc(cert: PeerCert): string {
+  const parts = [`Hash=${cert.fingerprint}`, `Subject=${xfccValue(cert.subject)}`];
+  for (const u of cert.uris) parts.push(`URI=${xfccValue(u)}`);
+  for (const d of cert.dns) parts.push(`DNS=${xfccValue(d)}`);
+  return headerSafe(parts.join(';'));
+}
+
+/** Remove hop-by-hop headers, those nominated by Connection, and reserved identity headers. */
+export function stripInbound(headers: IncomingHttpHeaders, reserved: ReadonlySet<string>, keepUpgrade: boolean): void {
+  const conn = headers.connection;
+  if (conn) {
+    for (const tok of String(conn).split(',')) {
+      const name = tok.trim().toLowerCase();
+      if (name && !(keepUpgrade && name === 'upgrade')) delete headers[name];
+    }
+  }
+  for (const h of HOP_BY_HOP) if (!(keepUpgrade && h === 'upgrade')) delete headers[h];
+  for (const name of Object.keys(headers)) {
+    if (reserved.has(foldHeader(name))) delete headers[name];
+  }
+  if (keepUpgrade) headers.connection = 'upgrade';
+}
+
+export function setIdentity(headers: IncomingHttpHeaders, ctx: RequestContext, identity: Identity | undefined, cfg: CompiledConfig): void {
+  const h = cfg.identity.headers;
+  if (identity) {
+    if (identity.subject !== undefined) headers[h.subject] = headerSafe(identity.subject);
+    if (identity.methods.length) headers[h.method] = identity.methods.join(',');
+    if (identity.keyId !== undefined) headers[h.keyId] = headerSafe(identity.keyId);
+    if (identity.scopes.length) headers[h.scopes] = headerSafe(identity.scopes.join(' '));
+    if (identity.claims) {
+      for (const [header, claim] of cfg.identity.claims) {
+        const v = identity.claims[claim];
+        if (v !== undefined && v !== null) headers[header] = headerSafe(typeof v === 'string' ? v : JSON.stringify(v));
+      }
+    }
+  }
+  // The client certificate is vouched for whenever the handshake verified it.
+  const cc = ctx.conn.clientCert;
+  if (cc.verified && cc.cert) {
+    if (cfg.identity.clientCertFormat === 'rfc9440') headers['client-cert'] = `:${cc.cert.der.toString('base64')}:`;
+    else headers[h.clientCert] = xfcc(cc.cert);
+  }
+  headers['x-forwarded-for'] = ctx.priorForwardedFor ? `${ctx.priorForwardedFor}, ${ctx.peerIp}` : ctx.peerIp;
+  headers['x-forwarded-proto'] = 'https';
+  headers['x-forwarded-host'] = headerSafe(ctx.authority);
+  headers['x-request-id'] = ctx.id;
+  headers.host = ctx.authority;
+}

@@ -1,0 +1,104 @@
+// Policies compiled at load; the first whose host, path and method match wins.
+import { BlockList } from 'node:net';
+import type { RawPolicy } from '../config/schema.ts';
+import type { ConfigIssue } from '../errors.ts';
+import { parseCidr } from '../config/schema.ts';
+import { compileHostPattern, compilePathGlob, compileValuePattern } from '../util/patterns.ts';
+import type { Authenticator } from '../authenticators/types.ts';
+import { authenticatorsOf, compileRequirement, type ReqNode } from './requirements.ts';
+
+export interface CompiledPolicy {
+  readonly name: string;
+  readonly index: number;
+  readonly hosts?: readonly ((h: string) => boolean)[];
+  readonly paths?: readonly RegExp[];
+  readonly methods?: ReadonlySet<string>;
+  readonly requirement: ReqNode;
+  readonly authenticators: readonly Authenticator[];
+  readonly scopesAll: readonly string[];
+  readonly scopesAny: readonly string[];
+  readonly subjects?: readonly RegExp[];
+  readonly allowIps?: BlockList;
+  readonly denyIps?: BlockList;
+  readonly reportOnly: boolean;
+  readonly expiredStatus: 401 | 403;
+  /** For `check` and `explain`: the policy as written. */
+  readonly summary: { hosts: string; paths: string; methods: string; authenticate: string; mode: string };
+}
+
+export function blockList(cidrs: readonly string[]): BlockList {
+  const bl = new BlockList();
+  for (const c of cidrs) {
+    const p = parseCidr(c)!;
+    bl.addSubnet(p.address, p.prefix, p.family);
+  }
+  return bl;
+}
+
+/** True when an address (v4, v6 or v4-mapped v6) is in the list. */
+export function inList(bl: BlockList, ip: string): boolean {
+  if (ip.includes(':')) {
+    const mapped = /^::ffff:(\d+\.\d+\.\d+\.\d+)$/i.exec(ip);
+    if (mapped) return bl.check(mapped[1]!, 'ipv4') || bl.check(ip, 'ipv6');
+    return bl.check(ip, 'ipv6');
+  }
+  return bl.check(ip, 'ipv4');
+}
+
+function describe(r: RawPolicy['authenticate']): string {
+  if (typeof r === 'string') return r;
+  if ('any' in r) return `any(${r.any.map(describe).join(', ')})`;
+  return `all(${r.all.map(describe).join(', ')})`;
+}
+
+export function compilePolicies(
+  raw: readonly RawPolicy[],
+  lookup: (name: string) => Authenticator | undefined,
+  errors: ConfigIssue[],
+): CompiledPolicy[] {
+  const seen = new Set<string>();
+  return raw.map((p, i) => {
+    const base = ['policies', i];
+    if (seen.has(p.name)) errors.push({ path: [...base, 'name'], message: `duplicate policy name "${p.name}"` });
+    seen.add(p.name);
+    const paths = p.match.paths?.map((g, j) => {
+      const re = compilePathGlob(g);
+      if (typeof re === 'string') { errors.push({ path: [...base, 'match', 'paths', j], message: re }); return /$^/; }
+      return re;
+    });
+    const requirement = compileRequirement(p.authenticate, lookup, [...base, 'authenticate'], errors);
+    return {
+      name: p.name,
+      index: i,
+      hosts: p.match.hosts?.map(compileHostPattern),
+      paths,
+      methods: p.match.methods ? new Set(p.match.methods) : undefined,
+      requirement,
+      authenticators: authenticatorsOf(requirement),
+      scopesAll: p.authorize?.scopes?.all ?? [],
+      scopesAny: p.authorize?.scopes?.any ?? [],
+      subjects: p.authorize?.subjects?.map(compileValuePattern),
+      allowIps: p.allowIps ? blockList(p.allowIps) : undefined,
+      denyIps: p.denyIps ? blockList(p.denyIps) : undefined,
+      reportOnly: p.mode === 'report-only',
+      expiredStatus: p.deny?.expiredStatus ?? 401,
+      summary: {
+        hosts: p.match.hosts?.join(' ') ?? '*',
+        paths: p.match.paths?.join(' ') ?? '/**',
+        methods: p.match.methods?.join(' ') ?? '*',
+        authenticate: describe(p.authenticate),
+        mode: p.mode,
+      },
+    };
+  });
+}
+
+export function matchPolicy(policies: readonly CompiledPolicy[], host: string | undefined, path: string, method: string): CompiledPolicy | undefined {
+  for (const p of policies) {
+    if (p.methods && !p.methods.has(method)) continue;
+    if (p.hosts && (host === undefined || !p.hosts.some((h) => h(host)))) continue;
+    if (p.paths && !p.paths.some((r) => r.test(path))) continue;
+    return p;
+  }
+  return undefined;
+}

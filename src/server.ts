@@ -1,0 +1,235 @@
+// Wires the TLS listener, the handler and the admin listener. start() / reload() / close().
+import https from 'node:https';
+import http from 'node:http';
+import type { TLSSocket } from 'node:tls';
+import type { Socket } from 'node:net';
+import type { Duplex } from 'node:stream';
+import type { CompiledConfig } from './config/compile.ts';
+import { loadConfig } from './config/load.ts';
+import { ConfigError } from './errors.ts';
+import type { Logger } from './log.ts';
+import { createMetrics, type Metrics } from './metrics.ts';
+import { connectionInfo, type ConnectionInfo } from './tls/peer.ts';
+import { createHandler } from './pipeline/handle.ts';
+import { Upstream } from './pipeline/upstream.ts';
+
+export interface ServerOptions {
+  config: CompiledConfig;
+  logger: Logger;
+  metrics?: Metrics;
+  now?: () => number;
+  /** Override listen addresses (tests use port 0). */
+  listen?: { host?: string; port?: number };
+  adminListen?: { host?: string; port?: number } | false;
+}
+
+export class PortcullisServer {
+  #config: CompiledConfig;
+  readonly logger: Logger;
+  readonly metrics: Metrics;
+  readonly now: () => number;
+  readonly #https: https.Server;
+  #admin?: http.Server;
+  #upstream: Upstream;
+  readonly #conns = new WeakMap<TLSSocket, ConnectionInfo>();
+  readonly #sockets = new Set<Socket>();
+  readonly #upgraded = new Set<Duplex>();
+  #inFlight = 0;
+  #accepting = true;
+  #ready = false;
+  readonly #opts: ServerOptions;
+
+  constructor(opts: ServerOptions) {
+    this.#opts = opts;
+    this.#config = opts.config;
+    this.logger = opts.logger;
+    this.metrics = opts.metrics ?? createMetrics();
+    this.now = opts.now ?? Date.now;
+    this.#upstream = new Upstream(opts.config.upstream);
+    const cfg = opts.config;
+    this.#https = https.createServer({
+      ...cfg.tls.defaultOptions,
+      requestCert: cfg.tls.requestCert,
+      // Verification failures are judged per policy (a bootstrap path may need no certificate).
+      rejectUnauthorized: false,
+      ALPNProtocols: ['http/1.1'],
+      sessionTimeout: cfg.tls.sessionTimeoutSec,
+      handshakeTimeout: cfg.server.timeouts.headersMs,
+      maxHeaderSize: cfg.server.maxHeaderBytes,
+      SNICallback: (name, cb) => {
+        const ctx = this.#config.tls.lookup(name);
+        if (ctx) cb(null, ctx);
+        else {
+          this.metrics.tlsHandshakes.inc({ sni: 'other', result: 'unknown_sni' });
+          cb(new Error(`unknown SNI name`), undefined);
+        }
+      },
+    });
+    this.#applyServerSettings(cfg);
+    this.#https.on('connection', (s: Socket) => {
+      this.#sockets.add(s);
+      this.metrics.openConnections.inc();
+      s.once('close', () => { this.#sockets.delete(s); this.metrics.openConnections.dec(); });
+    });
+    this.#https.on('secureConnection', (s: TLSSocket) => {
+      const info = connectionInfo(s, this.now());
+      this.#conns.set(s, info);
+      this.metrics.tlsHandshakes.inc({ sni: this.#config.tls.labelFor(info.sni), result: info.resumed ? 'resumed' : 'ok' });
+      const cc = info.clientCert;
+      if (cc.present) this.metrics.clientCertVerifications.inc({ result: cc.verified ? 'verified' : (cc.problem ?? 'invalid') });
+    });
+    this.#https.on('tlsClientError', (err: Error & { code?: string }) => {
+      if (!/unknown SNI/.test(err.message)) this.metrics.tlsHandshakes.inc({ sni: 'none', result: 'error' });
+      this.logger.debug({ msg: 'TLS handshake failed', code: err.code, reason: err.message });
+    });
+
+    const handler = createHandler({
+      config: () => this.#config,
+      upstream: () => this.#upstream,
+      connection: (s) => {
+        let c = this.#conns.get(s);
+        if (!c) { c = connectionInfo(s, this.now()); this.#conns.set(s, c); }
+        return c;
+      },
+      logger: this.logger,
+      metrics: this.metrics,
+      now: this.now,
+      accepting: () => this.#accepting,
+    });
+    this.#https.on('request', (req: http.IncomingMessage, res: http.ServerResponse) => {
+      this.#inFlight++;
+      res.once('close', () => { this.#inFlight--; });
+      handler.onRequest(req, res).catch((e: Error) => {
+        this.logger.error({ msg: 'unhandled error in request handler', err: { message: e.message, stack: e.stack } });
+        handler.sendError(res, 'INTERNAL', 'internal');
+      });
+    });
+    this.#https.on('upgrade', (req: http.IncomingMessage, socket: Duplex, head: Buffer) => {
+      this.#upgraded.add(socket);
+      socket.once('close', () => this.#upgraded.delete(socket));
+      handler.onUpgrade(req, socket, head).catch((e: Error) => {
+        this.logger.error({ msg: 'unhandled error in upgrade handler', err: { message: e.message } });
+        socket.destroy();
+      });
+    });
+    this.#https.on('clientError', (err: Error & { code?: string }, socket: Duplex) => {
+      if (!socket.writable) { socket.destroy(); return; }
+      const status = err.code === 'HPE_HEADER_OVERFLOW' ? 431 : err.code === 'ERR_HTTP_REQUEST_TIMEOUT' ? 408 : 400;
+      const code = status === 431 ? 'HEADERS_TOO_LARGE' : 'BAD_REQUEST';
+      const body = JSON.stringify({ error: { code, message: status === 431 ? 'Request headers too large' : status === 408 ? 'Request timeout' : 'Malformed request', requestId: 'none' } });
+      socket.end(`HTTP/1.1 ${status} ${http.STATUS_CODES[status]}\r\ncontent-type: application/json\r\ncontent-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\n\r\n${body}`);
+    });
+  }
+
+  get config(): CompiledConfig { return this.#config; }
+  get ready(): boolean { return this.#ready && this.#accepting; }
+
+  #applyServerSettings(cfg: CompiledConfig): void {
+    const t = cfg.server.timeouts;
+    this.#https.headersTimeout = t.headersMs;
+    this.#https.requestTimeout = t.requestMs;
+    this.#https.keepAliveTimeout = t.idleMs;
+    this.#https.maxConnections = cfg.server.maxConnections;
+    this.#recordExpiry(cfg);
+  }
+
+  #recordExpiry(cfg: CompiledConfig): void {
+    const g = this.metrics.certExpiry;
+    g.reset();
+    for (const c of cfg.tls.certificates) g.set({ name: c.hosts[0]!, role: 'server' }, c.notAfter / 1000);
+    for (const c of cfg.tls.clientCas) g.set({ name: c.subject, role: 'client_ca' }, c.notAfter / 1000);
+    for (const c of cfg.tls.crls) if (c.nextUpdate) g.set({ name: c.issuer, role: 'crl' }, c.nextUpdate / 1000);
+  }
+
+  async start(): Promise<{ port: number; adminPort?: number }> {
+    const cfg = this.#config;
+    const host = this.#opts.listen?.host ?? cfg.server.host;
+    const port = this.#opts.listen?.port ?? cfg.server.port;
+    await new Promise<void>((resolve, reject) => {
+      this.#https.once('error', reject);
+      this.#https.listen(port, host, () => { this.#https.off('error', reject); resolve(); });
+    });
+    let adminPort: number | undefined;
+    if (this.#opts.adminListen !== false) {
+      this.#admin = http.createServer((req, res) => void this.#adminRequest(req, res));
+      const ah = this.#opts.adminListen?.host ?? cfg.admin.host;
+      const ap = this.#opts.adminListen?.port ?? cfg.admin.port;
+      await new Promise<void>((resolve, reject) => {
+        this.#admin!.once('error', reject);
+        this.#admin!.listen(ap, ah, () => { this.#admin!.off('error', reject); resolve(); });
+      });
+      adminPort = (this.#admin.address() as { port: number }).port;
+    }
+    this.#ready = true;
+    this.metrics.configReloads.inc({ result: 'success' });
+    this.metrics.configLastReloadSuccess.set(cfg.loadedAt / 1000);
+    const actual = (this.#https.address() as { port: number }).port;
+    this.logger.info({ msg: 'listening', address: `${host}:${actual}`, admin: adminPort, policies: cfg.policies.length, upstream: cfg.upstream.url.origin });
+    return { port: actual, adminPort };
+  }
+
+  async #adminRequest(req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
+    const path = (req.url ?? '/').split('?')[0];
+    const json = (status: number, body: unknown) => { res.writeHead(status, { 'content-type': 'application/json' }); res.end(JSON.stringify(body)); };
+    if (path === '/healthz') return json(200, { status: 'ok' });
+    if (path === '/readyz') return this.ready ? json(200, { status: 'ready' }) : json(503, { status: this.#accepting ? 'starting' : 'draining' });
+    if (path === '/metrics') {
+      const text = await this.metrics.registry.metrics();
+      res.writeHead(200, { 'content-type': this.metrics.registry.contentType });
+      res.end(text);
+      return;
+    }
+    json(404, { error: 'not found' });
+  }
+
+  /** Swap in a new compiled config atomically. In-flight requests keep theirs. */
+  reload(next: CompiledConfig): void {
+    const prev = this.#config;
+    this.#https.setSecureContext({ ...next.tls.defaultOptions });
+    if (next.upstream.key !== this.#upstream.key) {
+      const old = this.#upstream;
+      this.#upstream = new Upstream(next.upstream);
+      setTimeout(() => old.close(), next.server.timeouts.shutdownMs).unref();
+    }
+    this.#config = next;
+    this.#applyServerSettings(next);
+    this.metrics.configReloads.inc({ result: 'success' });
+    this.metrics.configLastReloadSuccess.set(next.loadedAt / 1000);
+    this.logger.info({ msg: 'config reloaded', file: next.file, policies: next.policies.length, previousLoadedAt: new Date(prev.loadedAt).toISOString() });
+  }
+
+  /** Re-read the config file; a broken one is refused and the old one keeps serving. */
+  reloadFromFile(): boolean {
+    try {
+      this.reload(loadConfig(this.#config.file));
+      return true;
+    } catch (e) {
+      this.metrics.configReloads.inc({ result: 'failure' });
+      const issues = e instanceof ConfigError ? e.message.split('\n') : [(e as Error).message];
+      this.logger.error({ msg: 'config reload refused; still serving the previous config', issues });
+      return false;
+    }
+  }
+
+  /** Stop accepting, fail /readyz, drain in-flight requests within shutdownMs, then close. */
+  async close(): Promise<void> {
+    this.#accepting = false;
+    const deadline = Date.now() + this.#config.server.timeouts.shutdownMs;
+    const closed = new Promise<void>((r) => this.#https.close(() => r()));
+    this.#https.closeIdleConnections();
+    while ((this.#inFlight > 0 || this.#upgraded.size > 0) && Date.now() < deadline) {
+      await new Promise((r) => setTimeout(r, 25));
+      this.#https.closeIdleConnections();
+    }
+    for (const s of this.#upgraded) s.destroy();
+    this.#https.closeAllConnections();
+    for (const s of this.#sockets) s.destroy();
+    await closed;
+    this.#upstream.close();
+    if (this.#admin) {
+      this.#admin.closeAllConnections();
+      await new Promise<void>((r) => this.#admin!.close(() => r()));
+    }
+    this.logger.info({ msg: 'stopped' });
+  }
+}

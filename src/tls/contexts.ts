@@ -1,0 +1,205 @@
+// Server certificates by SNI, and the client-certificate trust settings, built
+// once per config load. The server swaps the whole table on reload.
+import { readFileSync } from 'node:fs';
+import { X509Certificate, createPrivateKey, randomBytes, constants as C, type KeyObject } from 'node:crypto';
+import { createSecureContext, type SecureContext, type SecureContextOptions } from 'node:tls';
+import type { ConfigIssue } from '../errors.ts';
+import { pemBlocks, readCertificate, readCrl, nameToString } from './asn1.ts';
+
+// TLS 1.2: ECDHE key exchange with AEAD ciphers only (BCP 195 / RFC 9325).
+// TLS 1.3 suites are OpenSSL's defaults, all AEAD.
+export const TLS12_CIPHERS = [
+  'ECDHE-ECDSA-AES128-GCM-SHA256', 'ECDHE-RSA-AES128-GCM-SHA256',
+  'ECDHE-ECDSA-AES256-GCM-SHA384', 'ECDHE-RSA-AES256-GCM-SHA384',
+  'ECDHE-ECDSA-CHACHA20-POLY1305', 'ECDHE-RSA-CHACHA20-POLY1305',
+].join(':');
+
+const SECURE_OPTIONS = C.SSL_OP_NO_RENEGOTIATION | C.SSL_OP_NO_COMPRESSION | C.SSL_OP_CIPHER_SERVER_PREFERENCE;
+
+export interface ServerCertificate {
+  readonly hosts: readonly string[];
+  readonly certFile: string;
+  readonly keyFile: string;
+  readonly notAfter: number;
+  readonly subject: string;
+  readonly context: SecureContext;
+  readonly options: SecureContextOptions;
+}
+
+export interface TlsTable {
+  /** Options for the listener's default context (first certificate). */
+  readonly defaultOptions: SecureContextOptions;
+  readonly certificates: readonly ServerCertificate[];
+  /** The context for an SNI name; undefined means refuse the handshake. */
+  lookup(servername: string): SecureContext | undefined;
+  /** Metric label for an SNI name: the configured host it matched, "other" or "none". */
+  labelFor(servername: string | undefined): string;
+  readonly requestCert: boolean;
+  readonly minVersion: 'TLSv1.2' | 'TLSv1.3';
+  readonly sessionTimeoutSec: number;
+  readonly ticketKeys: Buffer;
+  readonly clientCas: readonly { subject: string; notAfter: number }[];
+  readonly crls: readonly { issuer: string; nextUpdate?: number }[];
+  /** Parsed trust material, for `explain` (which verifies without a handshake). */
+  readonly trust: { readonly cas: readonly X509Certificate[]; readonly revoked: ReadonlySet<string> };
+  readonly files: readonly string[];
+}
+
+export interface TlsInput {
+  minVersion: 'TLSv1.2' | 'TLSv1.3';
+  certificates: { hosts: string[]; cert: string; key: string }[];
+  unknownSni: 'reject' | 'default';
+  sessionTimeoutSec: number;
+  clientAuth?: { ca: string; crl?: string | string[] };
+}
+
+function read(file: string, path: (string | number)[], issues: ConfigIssue[], shown: string): string | undefined {
+  try {
+    return readFileSync(file, 'utf8');
+  } catch (e) {
+    issues.push({ path, message: `cannot read ${shown}: ${(e as NodeJS.ErrnoException).code ?? e}` });
+    return undefined;
+  }
+}
+
+export function buildTls(input: TlsInput, resolvePath: (p: string) => string, now: number, issues: ConfigIssue[]): TlsTable | undefined {
+  const files: string[] = [];
+  // Fresh per load: sessions from an older trust configuration never resume.
+  const ticketKeys = randomBytes(48);
+  const sessionIdContext = randomBytes(16).toString('hex');
+
+  let ca: string | undefined;
+  let crl: string[] | undefined;
+  const clientCas: { subject: string; notAfter: number }[] = [];
+  const crls: { issuer: string; nextUpdate?: number }[] = [];
+  const trustCas: X509Certificate[] = [];
+  const revoked = new Set<string>();
+  if (input.clientAuth) {
+    const caFile = resolvePath(input.clientAuth.ca);
+    files.push(caFile);
+    ca = read(caFile, ['tls', 'clientAuth', 'ca'], issues, input.clientAuth.ca);
+    const caFields: { subject: string; subjectDer: Buffer; isCA: boolean }[] = [];
+    if (ca !== undefined) {
+      const blocks = pemBlocks(ca, 'CERTIFICATE');
+      if (!blocks.length) issues.push({ path: ['tls', 'clientAuth', 'ca'], message: `${input.clientAuth.ca} holds no PEM certificate` });
+      for (const der of blocks) {
+        try {
+          const x = new X509Certificate(der);
+          const f = readCertificate(der);
+          const subject = nameToString(f.subjectAttrs);
+          caFields.push({ subject, subjectDer: f.subjectDer, isCA: f.isCA });
+          clientCas.push({ subject, notAfter: Date.parse(x.validTo) });
+          trustCas.push(x);
+          if (!f.isCA) issues.push({ path: ['tls', 'clientAuth', 'ca'], message: `${subject} in ${input.clientAuth.ca} is not a CA certificate (basicConstraints CA:TRUE)` });
+        } catch (e) {
+          issues.push({ path: ['tls', 'clientAuth', 'ca'], message: `${input.clientAuth.ca}: unparseable certificate (${(e as Error).message})` });
+        }
+      }
+    }
+    if (input.clientAuth.crl !== undefined) {
+      const list = Array.isArray(input.clientAuth.crl) ? input.clientAuth.crl : [input.clientAuth.crl];
+      crl = [];
+      const issuers: Buffer[] = [];
+      list.forEach((name, i) => {
+        const path = Array.isArray(input.clientAuth!.crl) ? ['tls', 'clientAuth', 'crl', i] : ['tls', 'clientAuth', 'crl'];
+        const file = resolvePath(name);
+        files.push(file);
+        const text = read(file, path, issues, name);
+        if (text === undefined) return;
+        const blocks = pemBlocks(text, 'X509 CRL');
+        if (!blocks.length) { issues.push({ path, message: `${name} holds no PEM CRL (-----BEGIN X509 CRL-----)` }); return; }
+        for (const der of blocks) {
+          try {
+            const c = readCrl(der);
+            issuers.push(c.issuerDer);
+            const issuer = nameToString(c.issuerAttrs);
+            crls.push({ issuer, nextUpdate: c.nextUpdate?.getTime() });
+            for (const s of c.revokedSerials) revoked.add(`${c.issuerDer.toString('hex')}/${s}`);
+            if (c.nextUpdate && c.nextUpdate.getTime() < now) {
+              issues.push({ path, message: `CRL of ${issuer} in ${name} expired at ${c.nextUpdate.toISOString()} (every certificate of that CA would be refused)` });
+            }
+          } catch (e) {
+            issues.push({ path, message: `${name}: unparseable CRL (${(e as Error).message})` });
+          }
+        }
+        crl!.push(text);
+      });
+      // OpenSSL checks revocation for every CA in the chain; a CA without its own
+      // CRL makes every certificate it issued fail with UNABLE_TO_GET_CRL.
+      for (const c of caFields) {
+        if (c.isCA && !issuers.some((d) => d.equals(c.subjectDer))) {
+          issues.push({ path: ['tls', 'clientAuth', 'crl'], message: `no CRL for CA "${c.subject}": when CRLs are configured, each CA in tls.clientAuth.ca needs its own CRL` });
+        }
+      }
+    }
+  }
+
+  const base: SecureContextOptions = {
+    minVersion: input.minVersion,
+    ciphers: TLS12_CIPHERS,
+    honorCipherOrder: true,
+    secureOptions: SECURE_OPTIONS,
+    sessionIdContext,
+    ticketKeys,
+    ...(ca !== undefined ? { ca } : {}),
+    ...(crl?.length ? { crl } : {}),
+  };
+
+  const certificates: ServerCertificate[] = [];
+  const exact = new Map<string, SecureContext>();
+  const wild = new Map<string, SecureContext>();
+  input.certificates.forEach((c, i) => {
+    const certFile = resolvePath(c.cert), keyFile = resolvePath(c.key);
+    files.push(certFile, keyFile);
+    const certPem = read(certFile, ['tls', 'certificates', i, 'cert'], issues, c.cert);
+    const keyPem = read(keyFile, ['tls', 'certificates', i, 'key'], issues, c.key);
+    if (certPem === undefined || keyPem === undefined) return;
+    let x: X509Certificate, key: KeyObject;
+    try { x = new X509Certificate(certPem); } catch (e) { issues.push({ path: ['tls', 'certificates', i, 'cert'], message: `${c.cert}: not a PEM certificate (${(e as Error).message})` }); return; }
+    try { key = createPrivateKey(keyPem); } catch (e) { issues.push({ path: ['tls', 'certificates', i, 'key'], message: `${c.key}: not a PEM private key (${(e as Error).message})` }); return; }
+    if (!x.checkPrivateKey(key)) { issues.push({ path: ['tls', 'certificates', i, 'key'], message: `${c.key} does not match the certificate in ${c.cert}` }); return; }
+    if (Date.parse(x.validTo) < now) issues.push({ path: ['tls', 'certificates', i, 'cert'], message: `${c.cert} expired at ${new Date(x.validTo).toISOString()}` });
+    const options: SecureContextOptions = { ...base, cert: certPem, key: keyPem };
+    let context: SecureContext;
+    try { context = createSecureContext(options); } catch (e) { issues.push({ path: ['tls', 'certificates', i], message: `TLS context: ${(e as Error).message}` }); return; }
+    for (const h of c.hosts) {
+      const name = h.toLowerCase().replace(/\.$/, '');
+      const table = name.startsWith('*.') ? wild : exact;
+      const key2 = name.startsWith('*.') ? name.slice(2) : name;
+      if (table.has(key2)) issues.push({ path: ['tls', 'certificates', i, 'hosts'], message: `host ${h} is listed for two certificates` });
+      else table.set(key2, context);
+    }
+    certificates.push({ hosts: c.hosts, certFile, keyFile, notAfter: Date.parse(x.validTo), subject: x.subject.replace(/\n/g, ','), context, options });
+  });
+  if (!certificates.length) return undefined;
+
+  const fallback = input.unknownSni === 'default' ? certificates[0]!.context : undefined;
+  return {
+    defaultOptions: certificates[0]!.options,
+    certificates,
+    lookup(servername: string): SecureContext | undefined {
+      const name = servername.toLowerCase().replace(/\.$/, '');
+      const hit = exact.get(name);
+      if (hit) return hit;
+      const dot = name.indexOf('.');
+      if (dot > 0) { const w = wild.get(name.slice(dot + 1)); if (w) return w; }
+      return fallback;
+    },
+    labelFor(servername: string | undefined): string {
+      if (!servername) return 'none';
+      const name = servername.toLowerCase().replace(/\.$/, '');
+      if (exact.has(name)) return name;
+      const dot = name.indexOf('.');
+      if (dot > 0 && wild.has(name.slice(dot + 1))) return '*.' + name.slice(dot + 1);
+      return 'other';
+    },
+    requestCert: ca !== undefined,
+    minVersion: input.minVersion,
+    sessionTimeoutSec: input.sessionTimeoutSec,
+    ticketKeys,
+    clientCas,
+    crls,
+    trust: { cas: trustCas, revoked },
+    files,
+  };
+}

@@ -1,0 +1,162 @@
+// Real TLS handshakes with certificates made at test start: SNI selection,
+// the client-certificate matrix, allow-lists and per-route certificate policy.
+import t from 'tap';
+import tls from 'node:tls';
+import { X509Certificate } from 'node:crypto';
+import { makeFixture } from '../helpers/pki.ts';
+import { startHarness, request, client, baseConfig, type Harness } from '../helpers/harness.ts';
+
+const fx = makeFixture();
+let h: Harness;
+
+t.before(async () => {
+  h = await startHarness(fx, baseConfig(`
+authenticators:
+  cert-cn: { type: mtls, identity: cn }
+  spiffe:
+    type: mtls
+    identity: san-uri
+    allow: { uri: ["spiffe://example.org/ns/*/sa/*"] }
+  payments-only:
+    type: mtls
+    allow: { ou: [payments] }
+  by-fp: { type: mtls, identity: fingerprint, allow: { fingerprints: ["${fx.clients.ops.cert ? new X509Certificate(fx.clients.ops.certPem).fingerprint256 : ''}"] } }
+  by-dns: { type: mtls, identity: san-dns }
+  by-email: { type: mtls, identity: san-email }
+policies:
+  - name: bootstrap
+    match: { paths: [/system/login] }
+    authenticate: none
+  - name: spiffe
+    match: { paths: ["/spiffe/**"] }
+    authenticate: spiffe
+  - name: payments
+    match: { paths: ["/payments/**"] }
+    authenticate: payments-only
+  - name: fp
+    match: { paths: ["/fp/**"] }
+    authenticate: by-fp
+  - name: dns
+    match: { paths: ["/dns"] }
+    authenticate: by-dns
+  - name: email
+    match: { paths: ["/email"] }
+    authenticate: by-email
+  - name: api
+    match: { paths: ["/**"] }
+    authenticate: cert-cn
+`));
+});
+t.teardown(() => h.close());
+
+function serverCertOf(servername: string | undefined): Promise<string | Error> {
+  return new Promise((resolve) => {
+    const s = tls.connect({ host: '127.0.0.1', port: h.port, servername, ca: fx.ca.certPem, checkServerIdentity: () => undefined }, () => {
+      resolve(s.getPeerX509Certificate()!.subject);
+      s.end();
+    });
+    s.on('error', (e) => resolve(e));
+  });
+}
+
+t.test('SNI picks the certificate for each configured name', async (t) => {
+  t.match(await serverCertOf('a.test'), /CN=a\.test/);
+  t.match(await serverCertOf('api.a.test'), /CN=a\.test/);
+  t.match(await serverCertOf('b.test'), /CN=b\.test/);
+  t.match(await serverCertOf('B.TEST'), /CN=b\.test/, 'case-insensitive');
+  t.match(await serverCertOf('x.wild.test'), /CN=\*\.wild\.test/, 'wildcard');
+  t.type(await serverCertOf('a.b.wild.test'), Error, 'wildcard covers one label only');
+  t.type(await serverCertOf('unknown.test'), Error, 'unknownSni: reject refuses the handshake');
+  t.match(await serverCertOf(undefined), /CN=a\.test/, 'no SNI (IP clients): first certificate');
+});
+
+t.test('a verified client certificate reaches the upstream as identity and XFCC', async (t) => {
+  const r = await request(h, fx, { path: '/orders/1', ...client(fx, 'valid') });
+  t.equal(r.status, 200);
+  const up = h.seen.at(-1)!;
+  t.equal(up.url, '/orders/1');
+  t.equal(up.headers['x-auth-user-id'], 'client-1');
+  t.equal(up.headers['x-auth-method'], 'mtls');
+  const fp = new X509Certificate(fx.clients.valid.certPem).fingerprint256.replace(/:/g, '').toLowerCase();
+  t.equal(up.headers['x-forwarded-client-cert'], `Hash=${fp};Subject="CN=client-1,OU=payments";DNS=client-1.svc`);
+  t.equal(up.headers['x-forwarded-proto'], 'https');
+  t.equal(up.headers['x-forwarded-for'], '127.0.0.1');
+  t.match(up.headers['x-request-id'], /^[0-9a-f-]{36}$/);
+  t.equal(r.headers['x-request-id'], up.headers['x-request-id'], 'the client sees the same request id');
+});
+
+t.test('client certificate matrix: each refusal has its exact status and code, and nothing reaches the upstream', async (t) => {
+  const cases: [string, Parameters<typeof client>[1] | undefined, number, string][] = [
+    ['no certificate', undefined, 401, 'AUTH_010'],
+    ['expired', 'expired', 401, 'AUTH_002'],
+    ['not yet valid', 'notYetValid', 401, 'AUTH_001'],
+    ['untrusted CA with the same DN', 'untrusted', 401, 'AUTH_001'],
+    ['revoked by CRL', 'revoked', 401, 'AUTH_010'],
+    ['serverAuth-only EKU', 'serverOnly', 401, 'AUTH_001'],
+  ];
+  for (const [name, c, status, code] of cases) {
+    const before = h.seen.length;
+    const r = await request(h, fx, { path: '/orders/1', ...(c ? client(fx, c) : {}) });
+    t.equal(r.status, status, `${name}: status`);
+    t.equal(r.json?.error?.code, code, `${name}: code`);
+    t.match(r.headers['www-authenticate'], /realm="api"/, `${name}: WWW-Authenticate`);
+    t.equal(r.headers['content-type'], 'application/json');
+    t.equal(h.seen.length, before, `${name}: upstream not reached`);
+  }
+  const denial = h.logs.find((l) => l.msg === 'denied' && l.code === 'AUTH_010' && /revoked/.test(l.reason));
+  t.ok(denial, 'the audit log says why (revoked)');
+  t.equal(denial.trace[0].authenticator, 'cert-cn');
+});
+
+t.test('a route with authenticate: none works without a certificate on the same host', async (t) => {
+  const r = await request(h, fx, { method: 'POST', path: '/system/login', body: '{}' });
+  t.equal(r.status, 200);
+  t.notOk(h.seen.at(-1)!.headers['x-auth-user-id']);
+  const withBad = await request(h, fx, { path: '/system/login', ...client(fx, 'expired') });
+  t.equal(withBad.status, 200, 'a bad certificate does not matter where none is required');
+  t.notOk(h.seen.at(-1)!.headers['x-forwarded-client-cert'], 'but it is not vouched for either');
+});
+
+t.test('allow-lists: SPIFFE URI wildcard, OU, fingerprint', async (t) => {
+  let r = await request(h, fx, { path: '/spiffe/x', ...client(fx, 'spiffe') });
+  t.equal(r.status, 200);
+  t.equal(h.seen.at(-1)!.headers['x-auth-user-id'], 'spiffe://example.org/ns/prod/sa/billing');
+  r = await request(h, fx, { path: '/spiffe/x', ...client(fx, 'valid') });
+  t.same([r.status, r.json.error.code], [401, 'AUTH_001'], 'no URI SAN: not on the allow-list');
+  r = await request(h, fx, { path: '/spiffe/x', ...client(fx, 'twoUris') });
+  t.same([r.status, r.json.error.code], [401, 'AUTH_001'], 'two URIs: not on the list (one segment wildcard)');
+
+  r = await request(h, fx, { path: '/payments/1', ...client(fx, 'valid') });
+  t.equal(r.status, 200, 'OU payments');
+  r = await request(h, fx, { path: '/payments/1', ...client(fx, 'ops') });
+  t.same([r.status, r.json.error.code], [401, 'AUTH_001'], 'OU ops refused');
+
+  r = await request(h, fx, { path: '/fp/1', ...client(fx, 'ops') });
+  t.equal(r.status, 200, 'pinned fingerprint');
+  t.equal(h.seen.at(-1)!.headers['x-auth-user-id'], new X509Certificate(fx.clients.ops.certPem).fingerprint256.replace(/:/g, '').toLowerCase());
+  r = await request(h, fx, { path: '/fp/1', ...client(fx, 'valid') });
+  t.same([r.status, r.json.error.code], [401, 'AUTH_001'], 'other fingerprint refused');
+});
+
+t.test('identity from DNS and email SANs; a missing field is a denial', async (t) => {
+  let r = await request(h, fx, { path: '/dns', ...client(fx, 'valid') });
+  t.equal(h.seen.at(-1)!.headers['x-auth-user-id'], 'client-1.svc');
+  r = await request(h, fx, { path: '/email', ...client(fx, 'valid') });
+  t.equal(r.status, 200);
+  t.equal(h.seen.at(-1)!.headers['x-auth-user-id'], 'client-1@example.org');
+  r = await request(h, fx, { path: '/email', ...client(fx, 'ops') });
+  t.same([r.status, r.json.error.code], [401, 'AUTH_001']);
+});
+
+t.test('certificate fields cannot forge headers or XFCC elements', async (t) => {
+  const r = await request(h, fx, { path: '/spiffe-not/x', ...client(fx, 'evilCn') });
+  t.equal(r.status, 200);
+  const up = h.seen.at(-1)!;
+  t.equal(up.headers['x-auth-user-id'], 'evil%0D%0AX-Auth-User-ID: admin", DNS=x;', 'CR/LF percent-encoded');
+  const xfcc = String(up.headers['x-forwarded-client-cert']);
+  t.notMatch(xfcc, /[\r\n]/);
+  // RFC 4514 escapes inside the DN, then XFCC quoting escapes every backslash and quote.
+  t.ok(xfcc.includes(String.raw`;Subject="CN=evil\\0d\\0aX-Auth-User-ID: admin\\\"\\, DNS\\=x\\;";`), 'subject quoted and escaped');
+  t.ok(xfcc.endsWith(String.raw`;URI="spiffe://example.org/x,y;z=\"w\""`), 'URI with separators quoted');
+  t.equal(up.rawHeaders.filter((n, i) => i % 2 === 0 && n.toLowerCase() === 'x-auth-user-id').length, 1);
+});

@@ -1,0 +1,117 @@
+// Upstream failures as JSON errors, WebSocket upgrades behind the same policy,
+// bodies streamed byte-for-byte, and a trusted proxy's X-Forwarded-For.
+import t from 'tap';
+import tls from 'node:tls';
+import { createServer } from 'node:net';
+import { makeFixture } from '../helpers/pki.ts';
+import { startHarness, request, client, baseConfig, type Harness } from '../helpers/harness.ts';
+
+const fx = makeFixture();
+const policies = `
+authenticators:
+  cert: { type: mtls }
+policies:
+  - name: slow
+    match: { paths: ["/slow"] }
+    authenticate: none
+  - name: ws
+    match: { paths: ["/ws/**"] }
+    authenticate: cert
+  - name: open
+    match: { paths: ["/**"] }
+    authenticate: none
+`;
+
+t.test('upstream refused -> 502 UPSTREAM_UNAVAILABLE as JSON', async (t) => {
+  const closed = createServer();
+  await new Promise<void>((r) => closed.listen(0, '127.0.0.1', () => r()));
+  const port = (closed.address() as { port: number }).port;
+  await new Promise<void>((r) => closed.close(() => r()));
+  const h = await startHarness(fx, baseConfig(policies), { upstreamPort: port });
+  t.teardown(() => h.close());
+  const r = await request(h, fx, { path: '/x' });
+  t.same([r.status, r.json.error.code], [502, 'UPSTREAM_UNAVAILABLE']);
+  t.notMatch(r.body, /ECONNREFUSED|127\.0\.0\.1|stack/, 'no internals in the body');
+  t.ok(h.logs.find((l) => l.msg === 'upstream error' && l.detail === 'ECONNREFUSED'), 'the detail goes to the log');
+});
+
+t.test('upstream slower than upstream.timeoutMs -> 504; a reset -> 502', async (t) => {
+  const h = await startHarness(fx, baseConfig(policies), {
+    upstreamHandler: (req, res) => {
+      if (req.url === '/slow') setTimeout(() => { if (!res.destroyed) res.end('late'); }, 3000);
+      else if (req.url === '/reset') req.socket.destroy();
+      else res.end('ok');
+    },
+  });
+  t.teardown(() => h.close());
+  const r = await request(h, fx, { path: '/slow' });
+  t.same([r.status, r.json.error.code], [504, 'UPSTREAM_TIMEOUT']);
+  const reset = await request(h, fx, { path: '/reset' });
+  t.same([reset.status, reset.json.error.code], [502, 'UPSTREAM_UNAVAILABLE']);
+  const ok = await request(h, fx, { path: '/fine' });
+  t.same([ok.status, ok.body], [200, 'ok'], 'and the proxy keeps serving');
+});
+
+t.test('bodies are streamed byte-for-byte', async (t) => {
+  const h = await startHarness(fx, baseConfig(policies));
+  t.teardown(() => h.close());
+  const body = Buffer.from(Array.from({ length: 200_000 }, (_, i) => i % 251));
+  const r = await request(h, fx, { method: 'POST', path: '/upload', body: body.toString('latin1'), headers: { 'content-type': 'application/octet-stream' } });
+  t.equal(r.status, 200);
+  t.equal(r.json.bodyBytes, Buffer.byteLength(body.toString('latin1'), 'utf8'), 'upstream got every byte');
+});
+
+function wsUpgrade(port: number, path: string, c?: { cert: string; key: string }): Promise<{ head: string; echo?: string }> {
+  return new Promise((resolve, reject) => {
+    const s = tls.connect({ host: '127.0.0.1', port, servername: 'a.test', ca: fx.ca.certPem, checkServerIdentity: () => undefined, ...c }, () => {
+      s.write(`GET ${path} HTTP/1.1\r\nHost: a.test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nX-Auth-User-ID: spoofed\r\n\r\n`);
+    });
+    let buf = '';
+    let sent = false;
+    s.on('data', (d) => {
+      buf += d.toString('latin1');
+      const i = buf.indexOf('\r\n\r\n');
+      if (i < 0) return;
+      const head = buf.slice(0, i);
+      if (!head.startsWith('HTTP/1.1 101')) { resolve({ head: buf }); s.destroy(); return; }
+      if (!sent) { sent = true; s.write('ping-bytes'); return; }
+      if (buf.slice(i + 4).includes('ping-bytes')) { resolve({ head, echo: 'ping-bytes' }); s.destroy(); }
+    });
+    s.on('error', reject);
+    setTimeout(() => { resolve({ head: buf }); s.destroy(); }, 3000);
+  });
+}
+
+t.test('WebSocket upgrade: authenticated before the upgrade, refused without credentials', async (t) => {
+  const h = await startHarness(fx, baseConfig(policies));
+  t.teardown(() => h.close());
+  const ok = await wsUpgrade(h.port, '/ws/chat', client(fx, 'valid'));
+  t.match(ok.head, /^HTTP\/1\.1 101/);
+  t.equal(ok.echo, 'ping-bytes', 'bytes flow both ways after the upgrade');
+  const up = h.seen.at(-1)!;
+  t.equal(up.headers['x-auth-user-id'], 'client-1', 'identity set on the upgrade request');
+  t.equal(String(up.headers.upgrade).toLowerCase(), 'websocket');
+  const before = h.seen.length;
+  const denied = await wsUpgrade(h.port, '/ws/chat');
+  t.match(denied.head, /^HTTP\/1\.1 401/);
+  t.match(denied.head, /"code":"AUTH_010"/);
+  t.equal(h.seen.length, before, 'the upstream never saw the refused upgrade');
+});
+
+t.test('X-Forwarded-For is believed only from server.trustedProxies', async (t) => {
+  const h = await startHarness(fx, baseConfig(`
+policies:
+  - name: office
+    match: { paths: ["/office/**"] }
+    authenticate: none
+    allowIps: [198.51.100.0/24]
+`, '  trustedProxies: [127.0.0.1/32]'));
+  t.teardown(() => h.close());
+  let r = await request(h, fx, { path: '/office/x', headers: { 'x-forwarded-for': '198.51.100.9', 'x-request-id': 'trusted-req-0001' } });
+  t.equal(r.status, 200, 'client IP taken from XFF of a trusted proxy');
+  const up = h.seen.at(-1)!;
+  t.equal(up.headers['x-forwarded-for'], '198.51.100.9, 127.0.0.1', 'the chain is extended');
+  t.equal(up.headers['x-request-id'], 'trusted-req-0001', 'a well-formed id from a trusted proxy is kept');
+  r = await request(h, fx, { path: '/office/x', headers: { 'x-forwarded-for': '198.51.100.9, 203.0.113.5' } });
+  t.same([r.status, r.json.error.code], [403, 'AUTH_005'], 'the rightmost untrusted hop is the client');
+});

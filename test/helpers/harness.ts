@@ -1,0 +1,161 @@
+// Runs the real Portcullis server (real TLS on 127.0.0.1:0) in front of a real
+// recording upstream, with a config written as YAML, and logs captured as JSON.
+import https from 'node:https';
+import tls from 'node:tls';
+import { writeFileSync, mkdtempSync } from 'node:fs';
+import { join } from 'node:path';
+import { Writable } from 'node:stream';
+import type { AddressInfo } from 'node:net';
+import type http from 'node:http';
+import { loadConfig } from '../../src/config/load.ts';
+import { createLogger } from '../../src/log.ts';
+import { PortcullisServer } from '../../src/server.ts';
+import { createEchoServer, type EchoRecord } from '../../src/echo.ts';
+import type { Fixture } from './pki.ts';
+
+export interface Harness {
+  port: number;
+  adminPort: number;
+  server: PortcullisServer;
+  upstream: http.Server;
+  upstreamPort: number;
+  /** Every request the upstream received. */
+  seen: EchoRecord[];
+  logs: Record<string, any>[];
+  configFile: string;
+  close(): Promise<void>;
+}
+
+export function logSink(lines: Record<string, any>[]): Writable {
+  let buf = '';
+  return new Writable({
+    write(chunk, _enc, cb) {
+      buf += chunk.toString();
+      let i;
+      while ((i = buf.indexOf('\n')) >= 0) { lines.push(JSON.parse(buf.slice(0, i))); buf = buf.slice(i + 1); }
+      cb();
+    },
+  });
+}
+
+export async function listenUpstream(handler?: http.RequestListener): Promise<{ server: http.Server; port: number; seen: EchoRecord[] }> {
+  const seen: EchoRecord[] = [];
+  const server = createEchoServer((r) => seen.push(r));
+  if (handler) { server.removeAllListeners('request'); server.on('request', handler); }
+  // Upgraded sockets leave the server's connection tracking; close them ourselves.
+  const upgraded = new Set<import('node:stream').Duplex>();
+  server.on('upgrade', (_req, socket) => { upgraded.add(socket); socket.once('close', () => upgraded.delete(socket)); });
+  server.once('close', () => { for (const s of upgraded) s.destroy(); });
+  const close = server.close.bind(server);
+  server.close = ((cb?: (err?: Error) => void) => { for (const s of upgraded) s.destroy(); return close(cb); }) as typeof server.close;
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
+  return { server, port: (server.address() as AddressInfo).port, seen };
+}
+
+/** `yaml` may use {{UPSTREAM}} for the upstream URL; paths are relative to the fixture dir. */
+export async function startHarness(fx: Fixture, yaml: string, opts: { upstreamPort?: number; now?: () => number; upstreamHandler?: http.RequestListener } = {}): Promise<Harness> {
+  const up = await listenUpstream(opts.upstreamHandler);
+  const dir = mkdtempSync(join(fx.dir, 'cfg-'));
+  const configFile = join(dir, 'portcullis.yaml');
+  const text = yaml.replaceAll('{{UPSTREAM}}', `http://127.0.0.1:${opts.upstreamPort ?? up.port}`).replaceAll('{{PKI}}', fx.dir);
+  writeFileSync(configFile, text);
+  const logs: Record<string, any>[] = [];
+  const logger = createLogger('debug', logSink(logs) as never);
+  const server = new PortcullisServer({ config: loadConfig(configFile), logger, now: opts.now, listen: { host: '127.0.0.1', port: 0 }, adminListen: { host: '127.0.0.1', port: 0 } });
+  const { port, adminPort } = await server.start();
+  return {
+    port, adminPort: adminPort!, server, upstream: up.server, upstreamPort: up.port, seen: up.seen, logs, configFile,
+    async close() {
+      const t0 = Date.now();
+      await server.close();
+      if (process.env.HARNESS_DEBUG) console.error('proxy closed in', Date.now() - t0);
+      up.server.closeAllConnections();
+      await new Promise<void>((r) => up.server.close(() => r()));
+    },
+  };
+}
+
+export interface Res { status: number; headers: http.IncomingHttpHeaders; body: string; json: any }
+
+export interface ReqOpts {
+  method?: string;
+  path?: string;
+  servername?: string | false;
+  host?: string;
+  headers?: Record<string, string | string[]>;
+  cert?: string;
+  key?: string;
+  body?: string | Buffer;
+  session?: Buffer;
+  onSession?: (s: Buffer) => void;
+  onSocket?: (s: tls.TLSSocket) => void;
+}
+
+/** One HTTPS request on a fresh connection (no agent pooling). */
+export function request(h: { port: number }, fx: Fixture, o: ReqOpts = {}): Promise<Res> {
+  return new Promise((resolve, reject) => {
+    const servername = o.servername === undefined ? 'a.test' : o.servername;
+    const req = https.request({
+      host: '127.0.0.1', port: h.port, method: o.method ?? 'GET', path: o.path ?? '/',
+      servername: servername || undefined, ca: fx.ca.certPem, agent: false,
+      checkServerIdentity: () => undefined,
+      cert: o.cert, key: o.key, session: o.session,
+      headers: { host: o.host ?? (servername || '127.0.0.1'), ...o.headers },
+    } as https.RequestOptions, (res) => {
+      const chunks: Buffer[] = [];
+      res.on('data', (c: Buffer) => chunks.push(c));
+      res.on('end', () => {
+        const body = Buffer.concat(chunks).toString('utf8');
+        let json: any;
+        try { json = JSON.parse(body); } catch { json = undefined; }
+        resolve({ status: res.statusCode!, headers: res.headers, body, json });
+      });
+    });
+    req.on('socket', (s) => {
+      const t = s as tls.TLSSocket;
+      o.onSocket?.(t);
+      if (o.onSession) t.once('session', (sess: Buffer) => o.onSession!(sess));
+    });
+    req.on('error', reject);
+    req.end(o.body);
+  });
+}
+
+export function client(fx: Fixture, name: keyof Fixture['clients']): { cert: string; key: string } {
+  return { cert: fx.clients[name].certPem, key: fx.clients[name].keyPem };
+}
+
+/** Raw bytes over TLS: for requests an HTTP client refuses to send. */
+export function rawTls(h: { port: number }, fx: Fixture, payload: string, o: { servername?: string; cert?: string; key?: string; waitMs?: number } = {}): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const s = tls.connect({ host: '127.0.0.1', port: h.port, servername: o.servername ?? 'a.test', ca: fx.ca.certPem, cert: o.cert, key: o.key, checkServerIdentity: () => undefined }, () => s.write(payload));
+    let out = '';
+    s.on('data', (d) => { out += d.toString(); });
+    const timer = setTimeout(() => s.end(), o.waitMs ?? 1500);
+    s.on('close', () => { clearTimeout(timer); resolve(out); });
+    s.on('error', (e) => { clearTimeout(timer); if (out) resolve(out); else reject(e); });
+  });
+}
+
+export const baseConfig = (extra = '', serverExtra = '') => `
+server:
+  listen: 127.0.0.1:0
+${serverExtra}
+tls:
+  certificates:
+    - hosts: [a.test, api.a.test]
+      cert: {{PKI}}/a.crt
+      key: {{PKI}}/a.key
+    - hosts: [b.test]
+      cert: {{PKI}}/b.crt
+      key: {{PKI}}/b.key
+    - hosts: ["*.wild.test"]
+      cert: {{PKI}}/wild.crt
+      key: {{PKI}}/wild.key
+  clientAuth:
+    ca: {{PKI}}/ca.crt
+    crl: {{PKI}}/ca.crl
+upstream:
+  url: {{UPSTREAM}}
+  timeoutMs: 1000
+${extra}`;

@@ -6,6 +6,7 @@ import { LineCounter, parseDocument, visit, isScalar, isMap, isPair, type Docume
 import type { z } from 'zod';
 import { ConfigError, type ConfigIssue } from '../errors.ts';
 import { configSchema, type RawConfig } from './schema.ts';
+import { AUTHENTICATOR_TYPES } from '../authenticators/registry.ts';
 import { compile, type CompiledConfig, type CompileOptions } from './compile.ts';
 
 const REF = /\$\{(env|file):([^}]*)\}/g;
@@ -24,12 +25,12 @@ function position(file: string, lines: LineCounter, offset: number): string {
 }
 
 /** The nearest YAML node on a path, for pointing at an error. */
-function locate(doc: Document, path: readonly (string | number)[]): YamlNode | undefined {
+function locate(doc: Document, path: readonly (string | number)[], preferKey = false): YamlNode | undefined {
   for (let n = path.length; n >= 0; n--) {
     const node = doc.getIn(path.slice(0, n), true) as YamlNode | undefined;
     if (node && typeof node === 'object' && 'range' in node && node.range) {
       // Point at the key of an unknown or misspelt entry rather than its value.
-      if (n === path.length && n > 0) {
+      if (preferKey && n === path.length && n > 0) {
         const parent = doc.getIn(path.slice(0, n - 1), true);
         if (isMap(parent)) {
           const pair = parent.items.find((p) => isPair(p) && isScalar(p.key) && p.key.value === path[n - 1]);
@@ -49,7 +50,8 @@ function zodIssues(err: z.ZodError): { path: (string | number)[]; message: strin
     if (i.code === 'unrecognized_keys') {
       for (const k of i.keys) out.push({ path: [...path, k], message: `unknown key "${k}"` });
     } else if (i.code === 'invalid_union' && 'discriminator' in i && i.discriminator) {
-      out.push({ path: [...path, i.discriminator], message: `unknown type; expected one of the registered authenticator types` });
+      const p = path.at(-1) === i.discriminator ? path : [...path, i.discriminator];
+      out.push({ path: p, message: `unknown type; expected one of: ${AUTHENTICATOR_TYPES.map((a) => a.type).join(', ')}` });
     } else {
       out.push({ path, message: i.message });
     }
@@ -94,7 +96,7 @@ export function parseConfigText(text: string, file: string, env: NodeJS.ProcessE
   const parsed = configSchema.safeParse(doc.toJS() ?? {});
   if (!parsed.success) {
     throw new ConfigError(zodIssues(parsed.error).map((i) => {
-      const node = locate(doc, i.path);
+      const node = locate(doc, i.path, i.message.startsWith('unknown key'));
       return { ...i, where: node?.range ? position(file, lines, node.range[0]) : file };
     }));
   }

@@ -158,6 +158,12 @@ export function readCrl(der: Uint8Array): CrlFields {
   return { issuerDer: derOf(issuer), issuerAttrs: readName(issuer), nextUpdate, revokedSerials };
 }
 
+/** DER -> PEM with 64-character lines (no blank line when the length divides evenly). */
+export function toPem(der: Uint8Array, label: string): string {
+  const lines = Buffer.from(der).toString('base64').match(/.{1,64}/g) ?? [];
+  return `-----BEGIN ${label}-----\n${lines.join('\n')}\n-----END ${label}-----\n`;
+}
+
 /** Split a PEM bundle into DER blocks of the given label. */
 export function pemBlocks(pem: string, label: string): Buffer[] {
   const re = new RegExp(`-----BEGIN ${label}-----([\\s\\S]*?)-----END ${label}-----`, 'g');

@@ -4,7 +4,7 @@ import { readFileSync } from 'node:fs';
 import { X509Certificate, createPrivateKey, randomBytes, constants as C, type KeyObject } from 'node:crypto';
 import { createSecureContext, type SecureContext, type SecureContextOptions } from 'node:tls';
 import type { ConfigIssue } from '../errors.ts';
-import { pemBlocks, readCertificate, readCrl, nameToString } from './asn1.ts';
+import { pemBlocks, readCertificate, readCrl, nameToString, toPem } from './asn1.ts';
 
 // TLS 1.2: ECDHE key exchange with AEAD ciphers only (BCP 195 / RFC 9325).
 // TLS 1.3 suites are OpenSSL's defaults, all AEAD.
@@ -109,6 +109,8 @@ export function buildTls(input: TlsInput, resolvePath: (p: string) => string, no
         const blocks = pemBlocks(text, 'X509 CRL');
         if (!blocks.length) { issues.push({ path, message: `${name} holds no PEM CRL (-----BEGIN X509 CRL-----)` }); return; }
         for (const der of blocks) {
+          // Node parses one CRL per string: a bundle file becomes one entry per CRL.
+          crl!.push(toPem(der, 'X509 CRL'));
           try {
             const c = readCrl(der);
             issuers.push(c.issuerDer);
@@ -122,7 +124,6 @@ export function buildTls(input: TlsInput, resolvePath: (p: string) => string, no
             issues.push({ path, message: `${name}: unparseable CRL (${(e as Error).message})` });
           }
         }
-        crl!.push(text);
       });
       // OpenSSL checks revocation for every CA in the chain; a CA without its own
       // CRL makes every certificate it issued fail with UNABLE_TO_GET_CRL.

@@ -4,6 +4,7 @@ import { generateKeyPairSync, randomBytes } from 'node:crypto';
 import { mkdirSync, writeFileSync, chmodSync } from 'node:fs';
 import { join } from 'node:path';
 import forge from 'node-forge';
+import { toPem } from './asn1.ts';
 
 const { pki, asn1 } = forge;
 
@@ -106,8 +107,7 @@ export function makeCrl(ca: Issued, revokedSerials: string[], opts: { thisUpdate
   const crl = asn1.create(asn1.Class.UNIVERSAL, asn1.Type.SEQUENCE, true, [
     tbs, sigAlg, asn1.create(asn1.Class.UNIVERSAL, asn1.Type.BITSTRING, false, String.fromCharCode(0) + signature),
   ]);
-  const b64 = forge.util.encode64(asn1.toDer(crl).getBytes()).replace(/(.{64})/g, '$1\n');
-  return `-----BEGIN X509 CRL-----\n${b64}\n-----END X509 CRL-----\n`;
+  return toPem(Buffer.from(asn1.toDer(crl).getBytes(), 'binary'), 'X509 CRL');
 }
 
 export interface DevPki { dir: string; files: Record<string, string> }

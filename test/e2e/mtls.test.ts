@@ -105,7 +105,7 @@ t.test('client certificate matrix: each refusal has its exact status and code, a
   }
   const denial = h.logs.find((l) => l.msg === 'denied' && l.code === 'AUTH_010' && /revoked/.test(l.reason));
   t.ok(denial, 'the audit log says why (revoked)');
-  t.equal(denial.trace[0].authenticator, 'cert-cn');
+  t.equal(denial!.trace[0].authenticator, 'cert-cn');
 });
 
 t.test('a route with authenticate: none works without a certificate on the same host', async (t) => {

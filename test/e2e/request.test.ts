@@ -149,7 +149,7 @@ t.test('report-only: the denial is logged and counted, the request forwarded wit
   t.notOk(h.seen.at(-1)!.headers['x-auth-user-id']);
   const line = h.logs.find((l) => l.msg === 'would deny (report-only)' && l.policy === 'shadow');
   t.ok(line, 'audit line');
-  t.equal(line.code, 'AUTH_010');
+  t.equal(line!.code, 'AUTH_010');
   const metrics = await fetch(`http://127.0.0.1:${h.adminPort}/metrics`).then((x) => x.text());
   t.match(metrics, /portcullis_requests_total\{policy="shadow",outcome="would_deny",code="AUTH_010"\} 1/);
 });
@@ -161,6 +161,6 @@ t.test('every request has an access line; denials an audit line with the trace',
   t.same(id.trace.map((x: any) => [x.authenticator, x.verdict, x.code]), [['cert', 'deny', 'AUTH_002']]);
   const access = h.logs.find((l) => l.msg === 'access' && l.requestId === id.requestId);
   t.ok(access);
-  t.equal(access.status, 401);
-  t.equal(access.policy, 'api');
+  t.equal(access!.status, 401);
+  t.equal(access!.policy, 'api');
 });

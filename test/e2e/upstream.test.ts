@@ -4,7 +4,7 @@ import t from 'tap';
 import tls from 'node:tls';
 import { createServer } from 'node:net';
 import { makeFixture } from '../helpers/pki.ts';
-import { startHarness, request, client, baseConfig, type Harness } from '../helpers/harness.ts';
+import { startHarness, request, client, baseConfig } from '../helpers/harness.ts';
 
 const fx = makeFixture();
 const policies = `
@@ -114,4 +114,27 @@ policies:
   t.equal(up.headers['x-request-id'], 'trusted-req-0001', 'a well-formed id from a trusted proxy is kept');
   r = await request(h, fx, { path: '/office/x', headers: { 'x-forwarded-for': '198.51.100.9, 203.0.113.5' } });
   t.same([r.status, r.json.error.code], [403, 'AUTH_005'], 'the rightmost untrusted hop is the client');
+});
+
+t.test('RFC 9440 Client-Cert format and debug headers on the response', async (t) => {
+  const h = await startHarness(fx, baseConfig(`
+identity:
+  clientCertFormat: rfc9440
+  debugHeaders: true
+authenticators:
+  cert: { type: mtls, identity: cn }
+policies:
+  - name: api
+    match: { paths: ["/**"] }
+    authenticate: cert
+`));
+  t.teardown(() => h.close());
+  const r = await request(h, fx, { path: '/x', ...client(fx, 'valid') });
+  t.equal(r.status, 200);
+  const der = Buffer.from(fx.clients.valid.certPem.replace(/-----[^-]+-----|\s/g, ''), 'base64');
+  t.equal(h.seen.at(-1)!.headers['client-cert'], `:${der.toString('base64')}:`);
+  t.notOk(h.seen.at(-1)!.headers['x-forwarded-client-cert']);
+  t.equal(r.headers['x-auth-user-id'], 'client-1');
+  t.equal(r.headers['x-auth-method'], 'mtls');
+  t.equal(r.headers['x-auth-ip'], '127.0.0.1');
 });

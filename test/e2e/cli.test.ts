@@ -1,0 +1,140 @@
+// The real `portcullis` binary: check, explain, certs dev, serve (with curl as
+// the client) and its exit codes.
+import t from 'tap';
+import { spawn, spawnSync } from 'node:child_process';
+import { statSync, writeFileSync, mkdtempSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { tmpdir } from 'node:os';
+import { createServer } from 'node:net';
+import { makeFixture } from '../helpers/pki.ts';
+import { listenUpstream } from '../helpers/harness.ts';
+
+const BIN = new URL('../../bin/portcullis.js', import.meta.url).pathname;
+const run = (args: string[], input?: string) => spawnSync(process.execPath, [BIN, ...args], { encoding: 'utf8', input, timeout: 30_000 });
+
+const fx = makeFixture();
+const dir = mkdtempSync(join(tmpdir(), 'portcullis-cli-'));
+
+function freePort(): Promise<number> {
+  return new Promise((r) => { const s = createServer(); s.listen(0, '127.0.0.1', () => { const p = (s.address() as { port: number }).port; s.close(() => r(p)); }); });
+}
+
+function config(port: number, admin: number, upstream: number): string {
+  const f = join(dir, `p${port}.yaml`);
+  writeFileSync(f, `server:
+  listen: 127.0.0.1:${port}
+  timeouts: { shutdownMs: 5000 }
+admin:
+  listen: 127.0.0.1:${admin}
+tls:
+  certificates:
+    - hosts: [a.test]
+      cert: ${fx.dir}/a.crt
+      key: ${fx.dir}/a.key
+  clientAuth:
+    ca: ${fx.dir}/ca.crt
+    crl: ${fx.dir}/ca.crl
+upstream:
+  url: http://127.0.0.1:${upstream}
+authenticators:
+  cert: { type: mtls }
+policies:
+  - name: login
+    match: { paths: [/system/login] }
+    authenticate: none
+  - name: api
+    match: { paths: ["/api/**"] }
+    authenticate: cert
+logging: { level: info }
+`);
+  return f;
+}
+
+t.test('check: OK config prints the policy table; a broken one exits 1 with file:line:col', async (t) => {
+  const f = config(1, 2, 3);
+  let r = run(['check', '--config', f]);
+  t.equal(r.status, 0, r.stderr);
+  t.match(r.stdout, /config .*: OK/);
+  t.match(r.stdout, /1\s+api\s+\*\s+\*\s+\/api\/\*\*\s+cert\s+enforce/);
+  writeFileSync(f, readFileSync(f, 'utf8').replace('authenticate: cert', 'authenticate: { any: [cert, corp-jwtt] }'));
+  r = run(['check', '--config', f]);
+  t.equal(r.status, 1);
+  t.match(r.stderr, new RegExp(`^${f.replace(/[.*+?^${}()|[\]\\/]/g, '\\$&')}:24:\\d+: policies\\[1\\]\\.authenticate\\.any\\[1\\]: unknown authenticator "corp-jwtt"`, 'm'));
+  r = run(['check', '--config', join(dir, 'missing.yaml')]);
+  t.equal(r.status, 1);
+  t.match(r.stderr, /missing\.yaml: \(root\): cannot read config: ENOENT/);
+});
+
+t.test('usage errors exit 2; --help exits 0', async (t) => {
+  t.equal(run(['check']).status, 2);
+  t.equal(run(['frobnicate']).status, 2);
+  t.equal(run(['check', '--config', 'x', '--bogus']).status, 2);
+  const h = run(['--help']);
+  t.equal(h.status, 0);
+  t.match(h.stdout, /portcullis <command>/);
+});
+
+t.test('explain: the decision trace and the headers the upstream would get, without a network', async (t) => {
+  const f = config(1, 2, 3);
+  let r = run(['explain', '--config', f, 'GET', 'https://a.test/api/orders', '--cert', fx.path('client-valid.crt'), '-H', 'X-Auth-User-ID: spoof']);
+  t.equal(r.status, 0, r.stderr);
+  t.match(r.stdout, /policy\s+api \(#1, cert, enforce\)/);
+  t.match(r.stdout, /cert\s+mtls\s+ALLOW/);
+  t.match(r.stdout, /result\s+ALLOW -> http:\/\/127\.0\.0\.1:3\/api\/orders/);
+  t.match(r.stdout, /x-auth-user-id: client-1\n/);
+  t.notMatch(r.stdout, /spoof/);
+  r = run(['explain', '--config', f, 'GET', 'https://a.test/api/orders', '--cert', fx.path('client-revoked.crt')]);
+  t.match(r.stdout, /client-cert=refused: revoked/);
+  t.match(r.stdout, /result\s+DENY 401 AUTH_010/);
+  r = run(['explain', '--config', f, 'GET', 'https://a.test/api/orders', '--cert', fx.path('client-untrusted.crt')]);
+  t.match(r.stdout, /DENY 401 AUTH_001/);
+  r = run(['explain', '--config', f, 'GET', 'https://a.test/nothing']);
+  t.match(r.stdout, /DENY 403 AUTH_011/);
+  r = run(['explain', '--config', f, 'GET', 'https://a.test/public/../api/x', '-H', 'Host: b.test']);
+  t.match(r.stdout, /result\s+421 MISDIRECTED/);
+});
+
+t.test('certs dev writes a usable PKI with private keys mode 0600', async (t) => {
+  const out = join(dir, 'dev');
+  const r = run(['certs', 'dev', '--out', out, '--hosts', 'a.test,b.test']);
+  t.equal(r.status, 0, r.stderr);
+  for (const k of ['ca.key', 'server.key', 'client.key']) t.equal(statSync(join(out, k)).mode & 0o777, 0o600, `${k} is 0600`);
+  const ossl = spawnSync('openssl', ['verify', '-CAfile', join(out, 'ca.crt'), '-purpose', 'sslclient', join(out, 'client.crt')], { encoding: 'utf8' });
+  t.match(ossl.stdout, /client\.crt: OK/, 'openssl accepts the client certificate for clientAuth');
+  const crl = spawnSync('openssl', ['crl', '-in', join(out, 'ca.crl'), '-CAfile', join(out, 'ca.crt'), '-noout'], { encoding: 'utf8' });
+  t.match(crl.stderr + crl.stdout, /verify OK/, 'openssl verifies the CRL signature');
+});
+
+t.test('serve: curl with a client certificate gets through; SIGTERM drains and exits 0', async (t) => {
+  const up = await listenUpstream();
+  t.teardown(() => { up.server.closeAllConnections(); up.server.close(); });
+  const [port, admin] = [await freePort(), await freePort()];
+  const f = config(port, admin, up.port);
+  const child = spawn(process.execPath, [BIN, 'serve', '--config', f], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let stdout = '';
+  child.stdout.on('data', (d) => { stdout += d; });
+  await new Promise<void>((resolve, reject) => {
+    const iv = setInterval(() => { if (stdout.includes('"listening"')) { clearInterval(iv); resolve(); } }, 50);
+    child.once('exit', (c) => { clearInterval(iv); reject(new Error(`exited ${c}`)); });
+  });
+  // Asynchronous: the upstream runs in this process and must keep answering.
+  const curl = (extra: string[]) => new Promise<{ stdout: string }>((resolve) => {
+    const c = spawn('curl', ['-s', '-o', '-', '-w', '\n%{http_code}', '--cacert', fx.path('ca.crt'), '--resolve', `a.test:${port}:127.0.0.1`, ...extra, `https://a.test:${port}/api/x`]);
+    let o = '';
+    c.stdout.on('data', (d) => { o += d; });
+    c.once('close', () => resolve({ stdout: o }));
+  });
+  let r = await curl(['--cert', fx.path('client-valid.crt'), '--key', fx.path('client-valid.key')]);
+  t.match(r.stdout, /"x-auth-user-id": "client-1"/);
+  t.match(r.stdout, /\n200$/);
+  r = await curl([]);
+  t.match(r.stdout, /"code":"AUTH_010".*\n401$/s);
+  const ready = await fetch(`http://127.0.0.1:${admin}/readyz`);
+  t.equal(ready.status, 200);
+  child.kill('SIGTERM');
+  const code = await new Promise<number | null>((r2) => child.once('exit', (c) => r2(c)));
+  t.equal(code, 0, 'exit 0 after SIGTERM');
+  t.match(stdout, /"msg":"SIGTERM: draining"/);
+  t.match(stdout, /"msg":"stopped"/);
+  t.notMatch(stdout, /BEGIN|PRIVATE/, 'no key material in the logs');
+});

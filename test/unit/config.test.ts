@@ -1,0 +1,119 @@
+// Every config error class ends in a ConfigError naming file:line:col and the YAML path.
+import t from 'tap';
+import { writeFileSync, mkdtempSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { makeFixture } from '../helpers/pki.ts';
+import { loadConfig } from '../../src/config/load.ts';
+import { ConfigError } from '../../src/errors.ts';
+import { jsonSchema } from '../../src/config/schema.ts';
+import { issue, makeCrl } from '../../src/tls/pki.ts';
+
+const fx = makeFixture();
+const dir = mkdtempSync(join(fx.dir, 'conf-'));
+
+const good = `server:
+  listen: 127.0.0.1:8443
+tls:
+  certificates:
+    - hosts: [a.test]
+      cert: ${fx.dir}/a.crt
+      key: ${fx.dir}/a.key
+  clientAuth:
+    ca: ${fx.dir}/ca.crt
+    crl: ${fx.dir}/ca.crl
+upstream:
+  url: http://127.0.0.1:8080
+authenticators:
+  cert: { type: mtls }
+policies:
+  - name: health
+    match: { paths: [/health] }
+    authenticate: none
+  - name: api
+    match: { paths: ["/**"] }
+    authenticate: { any: [cert] }
+`;
+
+function errorsOf(text: string, env?: NodeJS.ProcessEnv): string[] {
+  const f = join(dir, `c${Math.random().toString(36).slice(2)}.yaml`);
+  writeFileSync(f, text);
+  try {
+    loadConfig(f, { env });
+  } catch (e) {
+    if (e instanceof ConfigError) return e.message.split('\n').map((l) => l.replace(f, 'FILE'));
+    throw e;
+  }
+  return [];
+}
+
+t.test('a good config loads and is frozen', async (t) => {
+  t.same(errorsOf(good), []);
+  const f = join(dir, 'good.yaml');
+  writeFileSync(f, good);
+  const cfg = loadConfig(f);
+  t.ok(Object.isFrozen(cfg) && Object.isFrozen(cfg.server) && Object.isFrozen(cfg.policies));
+  t.equal(cfg.server.timeouts.idleMs, 60_000, 'defaults applied');
+  t.equal(cfg.policies.length, 2);
+});
+
+t.test('error classes, each with position and path', async (t) => {
+  const cases: [string, string, RegExp][] = [
+    ['unknown top-level key', good + 'extra: 1\n', /^FILE:22:1: extra: unknown key "extra"$/],
+    ['unknown nested key', good.replace('  listen: 127.0.0.1:8443', '  listen: 127.0.0.1:8443\n  lsten: x'), /^FILE:3:3: server\.lsten: unknown key "lsten"$/],
+    ['unknown authenticator reference', good.replace('any: [cert]', 'any: [cert, corp-jwtt]'), /^FILE:21:\d+: policies\[1\]\.authenticate\.any\[1\]: unknown authenticator "corp-jwtt"$/],
+    ['unknown authenticator type', good.replace('type: mtls', 'type: mtlz'), /^FILE:14:\d+: authenticators\.cert\.type: unknown type; expected one of: mtls/],
+    ['missing file', good.replace(`${fx.dir}/a.key`, `${fx.dir}/nope.key`), /^FILE:7:\d+: tls\.certificates\[0\]\.key: cannot read .*nope\.key: ENOENT$/],
+    ['cert/key mismatch', good.replace(`${fx.dir}/a.key`, `${fx.dir}/b.key`), /tls\.certificates\[0\]\.key: .*b\.key does not match the certificate in .*a\.crt$/],
+    ['bad CIDR', good.replace('authenticate: none', 'authenticate: none\n    allowIps: [10.0.0.0/33]'), /^FILE:19:16: policies\[0\]\.allowIps\[0\]: must be an IP address or CIDR/],
+    ['bad glob', good.replace('[/health]', '[health/**]'), /^FILE:17:\d+: policies\[0\]\.match\.paths\[0\]: path glob "health\/\*\*" must start with "\/"$/],
+    ['bad glob 2', good.replace('[/health]', '["/a**"]'), /policies\[0\]\.match\.paths\[0\]: path glob "\/a\*\*": "\*\*" must be a whole segment$/],
+    ['authenticate missing', good.replace('    authenticate: none\n', ''), /policies\[0\]\.authenticate: must be an authenticator name/],
+    ['YAML syntax', good.replace('hosts: [a.test]', 'hosts: [a.test'), /^FILE:\d+:\d+: \(root\): /],
+    ['duplicate key', good + 'server: {}\n', /^FILE:22:1: \(root\): Map keys must be unique/],
+    ['bad upstream URL', good.replace('http://127.0.0.1:8080', 'ftp://x'), /^FILE:12:8: upstream\.url: must be an http/],
+    ['duplicate policy name', good.replace('name: api', 'name: health'), /policies\[1\]\.name: duplicate policy name "health"/],
+    ['mtls without clientAuth', good.replace(/  clientAuth:\n.*\n.*\n/, ''), /authenticators\.cert\.type: type mtls needs tls\.clientAuth\.ca/],
+    ['unset env reference', good.replace('http://127.0.0.1:8080', '${env:PORTCULLIS_TEST_UNSET}'), /^FILE:12:8: \(root\): environment variable PORTCULLIS_TEST_UNSET is not set$/],
+    ['no policies', good.slice(0, good.indexOf('policies:')) + 'policies: []\n', /policies: at least one policy is required/],
+    ['CA bundle that is not a CA', good.replace(`ca: ${fx.dir}/ca.crt`, `ca: ${fx.dir}/client-valid.crt`), /tls\.clientAuth\.ca: CN=client-1,OU=payments in .* is not a CA certificate/],
+  ];
+  for (const [name, text, re] of cases) {
+    const errs = errorsOf(text);
+    t.ok(errs.some((e) => re.test(e)), `${name}: ${errs.join(' | ') || '(no error)'}`);
+  }
+});
+
+t.test('every CA needs its own CRL when CRLs are configured', async (t) => {
+  const other = issue({ cn: 'Partner CA', ca: true });
+  writeFileSync(join(dir, 'two-cas.crt'), fx.ca.certPem + other.certPem);
+  const errs = errorsOf(good.replace(`ca: ${fx.dir}/ca.crt`, `ca: ${join(dir, 'two-cas.crt')}`));
+  t.same(errs, [`FILE:10:10: tls.clientAuth.crl: no CRL for CA "CN=Partner CA": when CRLs are configured, each CA in tls.clientAuth.ca needs its own CRL`]);
+  writeFileSync(join(dir, 'two.crl'), makeCrl(fx.ca, []) + makeCrl(other, []));
+  t.same(errorsOf(good.replace(`ca: ${fx.dir}/ca.crt`, `ca: ${join(dir, 'two-cas.crt')}`).replace(`crl: ${fx.dir}/ca.crl`, `crl: ${join(dir, 'two.crl')}`)), [], 'one CRL each: fine');
+  writeFileSync(join(dir, 'stale.crl'), makeCrl(fx.ca, [], { thisUpdate: new Date(Date.now() - 2e9), nextUpdate: new Date(Date.now() - 1e9) }));
+  const stale = errorsOf(good.replace(`crl: ${fx.dir}/ca.crl`, `crl: ${join(dir, 'stale.crl')}`));
+  t.match(stale[0], /tls\.clientAuth\.crl: CRL of CN=Test Client CA,O=Portcullis test in .*stale\.crl expired at /);
+});
+
+t.test('${env:} and ${file:} references resolve; relative paths resolve against the config folder', async (t) => {
+  writeFileSync(join(dir, 'upstream.txt'), 'http://127.0.0.1:9999\n');
+  const text = good.replace('http://127.0.0.1:8080', '${file:upstream.txt}').replace('listen: 127.0.0.1:8443', 'listen: ${env:PC_LISTEN}');
+  const f = join(dir, 'refs.yaml');
+  writeFileSync(f, text);
+  const cfg = loadConfig(f, { env: { PC_LISTEN: '127.0.0.1:7443' } });
+  t.equal(cfg.upstream.url.href, 'http://127.0.0.1:9999/');
+  t.equal(cfg.server.port, 7443);
+  t.ok(cfg.files.includes(join(dir, 'upstream.txt')), 'referenced files are watched');
+});
+
+t.test('the committed JSON Schema is the one generated from the source', async (t) => {
+  const committed = JSON.parse(readFileSync(new URL('../../config/portcullis.schema.json', import.meta.url), 'utf8'));
+  t.same(committed, jsonSchema(), 'run `npm run schema` after changing src/config/schema.ts');
+});
+
+t.test('the example config is valid', async (t) => {
+  // It names files under .demo-like paths; validate the schema part only.
+  const { parseConfigText } = await import('../../src/config/load.ts');
+  const text = readFileSync(new URL('../../config/portcullis.example.yaml', import.meta.url), 'utf8');
+  t.doesNotThrow(() => parseConfigText(text, 'portcullis.example.yaml', { JWT_SECRET: 'x', PARTNER_A_SECRET: 'y' }));
+});

@@ -61,6 +61,10 @@ export function compile(raw: RawConfig, opts: CompileOptions): CompiledConfig {
   const resolvePath = (p: string) => resolve(opts.baseDir, p);
 
   const tls = buildTls(raw.tls, resolvePath, now, issues);
+  if (raw.server.workers !== 1) {
+    // Refused rather than ignored: an operator asking for workers must not silently get one.
+    issues.push({ path: ['server', 'workers'], message: 'only 1 worker is supported in this version' });
+  }
 
   const authenticators = new Map<string, Authenticator>();
   for (const [name, cfg] of Object.entries(raw.authenticators)) {

@@ -6,7 +6,7 @@ import type { CompiledConfig } from './config/compile.ts';
 import { ERRORS } from './errors.ts';
 import { buildContext, type RequestContext } from './pipeline/context.ts';
 import { decide, type Decision } from './pipeline/decide.ts';
-import { setIdentity, stripInbound } from './pipeline/headers.ts';
+import { prepareUpstreamRequest } from './pipeline/headers.ts';
 import type { ConnectionInfo } from './tls/peer.ts';
 import { verifyOffline } from './tls/offline.ts';
 
@@ -50,11 +50,9 @@ export async function explain(cfg: CompiledConfig, input: ExplainInput, now = Da
   const ex: Explanation = { input, sni, conn, ctx: c.ctx, decision };
   if (decision.outcome !== 'deny') {
     const out: IncomingHttpHeaders = { ...headers };
-    for (const a of decision.policy!.authenticators) for (const h of a.credentialHeaders) delete out[h];
-    stripInbound(out, cfg.identity.reserved, false);
-    setIdentity(out, c.ctx, decision.identity, cfg);
+    const url = prepareUpstreamRequest(out, c.ctx, decision, cfg, false);
     ex.upstreamHeaders = out;
-    ex.upstreamUrl = new URL((c.ctx.query ? `${c.ctx.path}?${c.ctx.query}` : c.ctx.path).replace(/^\/+/, '/'), cfg.upstream.url).href;
+    ex.upstreamUrl = new URL(url, cfg.upstream.url).href;
   }
   return ex;
 }

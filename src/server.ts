@@ -46,6 +46,11 @@ export class PortcullisServer {
     this.metrics = opts.metrics ?? createMetrics();
     this.now = opts.now ?? Date.now;
     this.#upstream = new Upstream(opts.config.upstream);
+    opts.config.runtime.events = {
+      jwksRefresh: (result) => this.metrics.jwksRefresh.inc({ result }),
+      replayRejected: () => this.metrics.replaysRejected.inc(),
+      log: (level, obj) => this.logger[level](obj),
+    };
     const cfg = opts.config;
     this.#https = https.createServer({
       ...cfg.tls.defaultOptions,
@@ -201,7 +206,7 @@ export class PortcullisServer {
   /** Re-read the config file; a broken one is refused and the old one keeps serving. */
   reloadFromFile(): boolean {
     try {
-      this.reload(loadConfig(this.#config.file));
+      this.reload(loadConfig(this.#config.file, { runtime: this.#config.runtime }));
       return true;
     } catch (e) {
       this.metrics.configReloads.inc({ result: 'failure' });

@@ -2,8 +2,10 @@
 // defineAuthenticator(...) and one line here.
 import type { AuthenticatorType } from './types.ts';
 import { mtls } from './mtls.ts';
+import { jwt } from './jwt.ts';
+import { apiKey } from './api-key.ts';
 
-export const AUTHENTICATOR_TYPES: readonly AuthenticatorType<any>[] = [mtls];
+export const AUTHENTICATOR_TYPES: readonly AuthenticatorType<any>[] = [mtls, jwt, apiKey];
 
 export const AUTHENTICATORS_BY_TYPE: ReadonlyMap<string, AuthenticatorType<any>> = new Map(
   AUTHENTICATOR_TYPES.map((t) => [t.type, t]),

@@ -5,6 +5,7 @@ import type { z } from 'zod';
 import type { IncomingHttpHeaders } from 'node:http';
 import type { AuthCode } from '../errors.ts';
 import type { ConnectionInfo, PeerCert } from '../tls/peer.ts';
+import type { Runtime } from '../runtime.ts';
 
 export type { ConnectionInfo, PeerCert };
 
@@ -16,7 +17,11 @@ export interface AuthRequest {
   /** Raw query string without the leading "?", or "". */
   readonly query: string;
   readonly headers: IncomingHttpHeaders;
+  /** Host[:port] the client addressed (Host header or absolute-form authority). */
+  readonly authority: string;
   readonly clientIp: string;
+  /** The request body, present only when the authenticator declared needsBody. */
+  readonly body?: Buffer;
   /** Milliseconds since the epoch, injected so tests control time. */
   readonly now: number;
 }
@@ -45,6 +50,12 @@ export interface Authenticator {
   readonly type: string;
   /** Lower-case request header names that carry this credential (removed before forwarding). */
   readonly credentialHeaders: readonly string[];
+  /** Query parameters that carry this credential (removed from the forwarded URL). */
+  readonly credentialQueryParams?: readonly string[];
+  /** The body must be buffered (up to server.maxBodyBytes) before verify(). */
+  readonly needsBody?: boolean;
+  /** The WWW-Authenticate challenge for a 401 from a policy using this authenticator. */
+  readonly challenge?: string;
   verify(req: AuthRequest): Verdict | Promise<Verdict>;
 }
 
@@ -55,6 +66,10 @@ export interface CreateContext {
   resolvePath(p: string): string;
   /** Whether tls.clientAuth is configured (client certificates are requested). */
   readonly clientAuth: boolean;
+  /** Read a file named in config at load time (path resolved); throws ConfigError naming `path`. */
+  readFile(p: string, path: readonly (string | number)[]): string;
+  /** Process-lifetime state (JWKS sets, nonce stores) and event hooks. */
+  readonly runtime: Runtime;
 }
 
 export interface AuthenticatorType<S extends z.ZodType = z.ZodType> {

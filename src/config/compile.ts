@@ -10,7 +10,9 @@ import { parseListen } from './schema.ts';
 import { AUTHENTICATORS_BY_TYPE } from '../authenticators/registry.ts';
 import type { Authenticator } from '../authenticators/types.ts';
 import { buildTls, type TlsTable } from '../tls/contexts.ts';
-import { blockList, compilePolicies, type CompiledPolicy } from '../pipeline/match.ts';
+import { Runtime } from '../runtime.ts';
+import { compilePolicies, type CompiledPolicy } from '../pipeline/match.ts';
+import { blockList, foldHeader } from '../util/net.ts';
 
 export interface CompileOptions {
   file: string;
@@ -18,6 +20,8 @@ export interface CompileOptions {
   refFiles: string[];
   now?: number;
   env?: NodeJS.ProcessEnv;
+  /** Survives reloads: JWKS sets, nonce stores, event hooks. */
+  runtime?: Runtime;
 }
 
 export interface CompiledIdentity {
@@ -49,11 +53,12 @@ export interface CompiledConfig {
   readonly logging: { readonly level: string; readonly access: boolean };
   /** Every file the config names, for `check` and reload-on-change. */
   readonly files: readonly string[];
+  readonly runtime: Runtime;
 }
 
 const ALWAYS_RESERVED = ['x-forwarded-for', 'x-forwarded-proto', 'x-forwarded-host', 'x-forwarded-client-cert', 'client-cert', 'client-cert-chain', 'x-real-ip'];
 
-export const foldHeader = (name: string) => name.toLowerCase().replace(/_/g, '-');
+export { foldHeader } from '../util/net.ts';
 
 export function compile(raw: RawConfig, opts: CompileOptions): CompiledConfig {
   const now = opts.now ?? Date.now();
@@ -66,11 +71,22 @@ export function compile(raw: RawConfig, opts: CompileOptions): CompiledConfig {
     issues.push({ path: ['server', 'workers'], message: 'only 1 worker is supported in this version' });
   }
 
+  const runtime = opts.runtime ?? new Runtime();
+  const authFiles: string[] = [];
+  const readFile = (p: string, path: readonly (string | number)[]): string => {
+    const abs = resolvePath(p);
+    authFiles.push(abs);
+    try {
+      return readFileSync(abs, 'utf8');
+    } catch (e) {
+      throw new ConfigError([{ path, message: `cannot read ${p}: ${(e as NodeJS.ErrnoException).code ?? e}` }]);
+    }
+  };
   const authenticators = new Map<string, Authenticator>();
   for (const [name, cfg] of Object.entries(raw.authenticators)) {
     const type = AUTHENTICATORS_BY_TYPE.get((cfg as { type: string }).type)!;
     try {
-      authenticators.set(name, type.create(cfg, { name, resolvePath, clientAuth: !!raw.tls.clientAuth }));
+      authenticators.set(name, type.create(cfg, { name, resolvePath, clientAuth: !!raw.tls.clientAuth, readFile, runtime }));
     } catch (e) {
       if (e instanceof ConfigError) issues.push(...e.issues);
       else issues.push({ path: ['authenticators', name], message: (e as Error).message });
@@ -95,7 +111,7 @@ export function compile(raw: RawConfig, opts: CompileOptions): CompiledConfig {
 
   const listen = parseListen(raw.server.listen)!;
   const admin = parseListen(raw.admin.listen)!;
-  const files = [opts.file, ...opts.refFiles, ...tls.files, ...(raw.upstream.ca ? [resolvePath(raw.upstream.ca)] : [])];
+  const files = [opts.file, ...opts.refFiles, ...tls.files, ...authFiles, ...(raw.upstream.ca ? [resolvePath(raw.upstream.ca)] : [])];
 
   return Object.freeze({
     file: opts.file,
@@ -118,5 +134,6 @@ export function compile(raw: RawConfig, opts: CompileOptions): CompiledConfig {
     policies: Object.freeze(policies),
     logging: Object.freeze({ ...raw.logging }),
     files: Object.freeze([...new Set(files)]),
+    runtime,
   });
 }

@@ -3,6 +3,9 @@
 import { z } from 'zod';
 import { isIP } from 'node:net';
 import { DEFAULTS } from './defaults.ts';
+import { cidr } from '../util/net.ts';
+
+export { cidr, parseCidr } from '../util/net.ts';
 import { AUTHENTICATOR_TYPES } from '../authenticators/registry.ts';
 
 const D = DEFAULTS;
@@ -21,20 +24,6 @@ export function parseListen(s: string): { host: string; port: number } | undefin
   const host = m[1] ?? m[2]!;
   if (m[1] && isIP(m[1]) !== 6) return undefined;
   return { host, port };
-}
-
-export const cidr = z.string().refine((s) => parseCidr(s) !== undefined, { message: 'must be an IP address or CIDR (10.0.0.0/8, 2001:db8::/32)' });
-
-export function parseCidr(s: string): { address: string; prefix: number; family: 'ipv4' | 'ipv6' } | undefined {
-  const [address, p, extra] = s.split('/');
-  if (extra !== undefined || !address) return undefined;
-  const v = isIP(address);
-  if (v === 0) return undefined;
-  const max = v === 4 ? 32 : 128;
-  if (p !== undefined && !/^\d{1,3}$/.test(p)) return undefined;
-  const prefix = p === undefined ? max : Number(p);
-  if (prefix > max) return undefined;
-  return { address, prefix, family: v === 4 ? 'ipv4' : 'ipv6' };
 }
 
 const headerName = z.string().regex(/^[A-Za-z0-9!#$%&'*+.^_`|~-]+$/, 'must be an HTTP header name');

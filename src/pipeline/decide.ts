@@ -29,13 +29,20 @@ function authorise(p: CompiledPolicy, id: Identity): string | undefined {
   return undefined;
 }
 
-export async function decide(
-  cfg: CompiledConfig,
-  ctx: RequestContext,
-  now: number,
-  timed: (auth: Authenticator, seconds: number) => void = noTiming,
-): Promise<Decision> {
-  const policy = matchPolicy(cfg.policies, ctx.host, ctx.path, ctx.method);
+export interface DecideOptions {
+  timed?: (auth: Authenticator, seconds: number) => void;
+  /** The policy, when the caller matched it already (to buffer a body first). */
+  policy?: CompiledPolicy;
+  body?: Buffer;
+}
+
+export function policyFor(cfg: CompiledConfig, ctx: RequestContext): CompiledPolicy | undefined {
+  return matchPolicy(cfg.policies, ctx.host, ctx.path, ctx.method);
+}
+
+export async function decide(cfg: CompiledConfig, ctx: RequestContext, now: number, o: DecideOptions = {}): Promise<Decision> {
+  const policy = o.policy ?? policyFor(cfg, ctx);
+  const timed = o.timed ?? noTiming;
   if (!policy) return { outcome: 'deny', code: 'AUTH_011', status: 403, reason: `no policy matches ${ctx.method} ${ctx.host ?? '(no host)'}${ctx.path}`, trace: [] };
 
   const trace: TraceEntry[] = [];
@@ -47,7 +54,7 @@ export async function decide(
   if (policy.denyIps && inList(policy.denyIps, ctx.clientIp)) return refuse('AUTH_005', `client IP ${ctx.clientIp} is in denyIps`);
   if (policy.allowIps && !inList(policy.allowIps, ctx.clientIp)) return refuse('AUTH_005', `client IP ${ctx.clientIp} is not in allowIps`);
 
-  const req: AuthRequest = { conn: ctx.conn, method: ctx.method, path: ctx.path, query: ctx.query, headers: ctx.headers, clientIp: ctx.clientIp, now };
+  const req: AuthRequest = { conn: ctx.conn, method: ctx.method, path: ctx.path, query: ctx.query, headers: ctx.headers, authority: ctx.authority, clientIp: ctx.clientIp, now, body: o.body };
   const result = await evaluate(policy.requirement, req, trace, timed);
   if (result.kind !== 'allow') return refuse(result.code, result.reason);
 

@@ -9,8 +9,8 @@ import type { Logger } from '../log.ts';
 import type { Metrics } from '../metrics.ts';
 import type { ConnectionInfo } from '../tls/peer.ts';
 import { buildContext, type RequestContext } from './context.ts';
-import { decide, type Decision } from './decide.ts';
-import { setIdentity, stripInbound } from './headers.ts';
+import { decide, policyFor, type Decision } from './decide.ts';
+import { prepareUpstreamRequest } from './headers.ts';
 import type { Upstream, UpstreamFailure } from './upstream.ts';
 
 export interface HandlerDeps {
@@ -26,9 +26,25 @@ export interface HandlerDeps {
 }
 
 function challenge(d: Decision): string {
-  const types = new Set(d.policy?.authenticators.map((a) => a.type));
-  if (types.has('jwt')) return 'Bearer error="invalid_token"';
-  return `Portcullis realm="${d.policy?.name ?? 'portcullis'}"`;
+  return d.policy?.authenticators.find((a) => a.challenge)?.challenge ?? `Portcullis realm="${d.policy?.name ?? 'portcullis'}"`;
+}
+
+/** Buffer a body up to `max` bytes; never more. */
+function readBody(req: IncomingMessage, max: number): Promise<Buffer | 'too-large' | 'aborted'> {
+  const declared = Number(req.headers['content-length']);
+  if (Number.isFinite(declared) && declared > max) return Promise.resolve('too-large');
+  return new Promise((resolve) => {
+    const chunks: Buffer[] = [];
+    let size = 0;
+    const done = (v: Buffer | 'too-large' | 'aborted') => { req.off('data', onData); req.off('end', onEnd); req.off('error', onErr); req.off('aborted', onErr); resolve(v); };
+    const onData = (c: Buffer) => { size += c.length; if (size > max) { req.pause(); done('too-large'); } else chunks.push(c); };
+    const onEnd = () => done(Buffer.concat(chunks, size));
+    const onErr = () => done('aborted');
+    req.on('data', onData);
+    req.once('end', onEnd);
+    req.once('error', onErr);
+    req.once('aborted', onErr);
+  });
 }
 
 export function createHandler(deps: HandlerDeps) {
@@ -92,9 +108,21 @@ export function createHandler(deps: HandlerDeps) {
       return undefined;
     }
     const ctx = c.ctx;
+    const policy = policyFor(cfg, ctx);
+    let body: Buffer | undefined;
+    if (policy?.needsBody) {
+      const b = await readBody(req, cfg.server.maxBodyBytes);
+      if (b === 'too-large' || b === 'aborted') {
+        if (b === 'too-large') logger.info({ msg: 'body too large', requestId: ctx.id, policy: policy.name, limit: cfg.server.maxBodyBytes });
+        refuse('BODY_TOO_LARGE', ctx.id);
+        logAccess(cfg, ctx, ctx.id, ctx.method, undefined, 'BODY_TOO_LARGE', 413, t0);
+        return undefined;
+      }
+      body = b;
+    }
     let d: Decision;
     try {
-      d = await decide(cfg, ctx, deps.now(), timed);
+      d = await decide(cfg, ctx, deps.now(), { timed, policy, body });
     } catch (e) {
       // An authenticator threw: a bug or an infrastructure failure. Never forward.
       logger.error({ msg: 'authentication failed with an internal error', requestId: ctx.id, err: { message: (e as Error).message } });
@@ -109,12 +137,8 @@ export function createHandler(deps: HandlerDeps) {
       return undefined;
     }
     // Allowed (or report-only): strip what the client may not set, set what we vouch for.
-    for (const a of d.policy!.authenticators) for (const h of a.credentialHeaders) delete req.headers[h];
-    stripInbound(req.headers, cfg.identity.reserved, req.headers.upgrade !== undefined);
-    // A report-only denial forwards with whatever identity was verified (none if authentication failed).
-    setIdentity(req.headers, ctx, d.identity, cfg);
-    req.url = ctx.query ? `${ctx.path}?${ctx.query}` : ctx.path;
-    return { ctx, d };
+    req.url = prepareUpstreamRequest(req.headers, ctx, d, cfg, req.headers.upgrade !== undefined);
+    return { ctx, d, body };
   }
 
   async function onRequest(req: IncomingMessage, res: ServerResponse): Promise<void> {
@@ -123,7 +147,7 @@ export function createHandler(deps: HandlerDeps) {
     if (!deps.accepting()) { res.setHeader('connection', 'close'); sendError(res, 'NOT_READY', 'draining'); return; }
     const admitted = await admit(req, cfg, t0, (code, id, d) => sendError(res, code, id, d));
     if (!admitted) return;
-    const { ctx, d } = admitted;
+    const { ctx, d, body } = admitted;
     if (cfg.identity.debugHeaders && d.identity) {
       res.setHeader('x-auth-method', d.identity.methods.join(','));
       if (d.identity.subject !== undefined) res.setHeader('x-auth-user-id', req.headers[cfg.identity.headers.subject] as string);
@@ -136,7 +160,7 @@ export function createHandler(deps: HandlerDeps) {
     res.once('finish', () => logAccess(cfg, ctx, ctx.id, ctx.method, d, d.code, res.statusCode, t0, upstreamMs));
     res.once('close', () => { if (!res.writableFinished && upstreamMs === undefined) logAccess(cfg, ctx, ctx.id, ctx.method, d, d.code, 499, t0); });
     const upstream = deps.upstream(cfg);
-    upstream.web(req, res, (f: UpstreamFailure, detail) => {
+    upstream.web(req, res, body, (f: UpstreamFailure, detail) => {
       upstreamMs = performance.now() - tUp;
       logger.error({ msg: 'upstream error', requestId: ctx.id, code: f, detail });
       sendError(res, f, ctx.id);

@@ -2,10 +2,11 @@
 // what Portcullis vouches for. Works on the request's header object in place.
 import type { IncomingHttpHeaders } from 'node:http';
 import type { CompiledConfig } from '../config/compile.ts';
-import { foldHeader } from '../config/compile.ts';
+import { foldHeader } from '../util/net.ts';
 import type { PeerCert } from '../tls/peer.ts';
 import type { Identity } from './identity.ts';
 import type { RequestContext } from './context.ts';
+import type { Authenticator } from '../authenticators/types.ts';
 
 const HOP_BY_HOP = ['connection', 'keep-alive', 'proxy-connection', 'te', 'trailer', 'upgrade', 'proxy-authorization', 'http2-settings'];
 
@@ -77,4 +78,43 @@ export function setIdentity(headers: IncomingHttpHeaders, ctx: RequestContext, i
   headers['x-forwarded-host'] = headerSafe(ctx.authority);
   headers['x-request-id'] = ctx.id;
   headers.host = ctx.authority;
+}
+
+/** Remove a header in every spelling ("-" or "_", any case). */
+function deleteHeader(headers: IncomingHttpHeaders, name: string): void {
+  for (const k of Object.keys(headers)) if (foldHeader(k) === name) delete headers[k];
+}
+
+/** The query string without the named parameters; every other byte kept as sent. */
+export function withoutParams(query: string, names: readonly string[]): string {
+  if (!query) return query;
+  return query.split('&').filter((pair) => {
+    const raw = pair.split('=')[0]!;
+    let name: string;
+    try { name = decodeURIComponent(raw.replace(/\+/g, ' ')); } catch { name = raw; }
+    return !names.includes(name);
+  }).join('&');
+}
+
+/**
+ * Everything done to an admitted request before it goes upstream: credentials
+ * removed (headers and query parameters), reserved headers stripped, identity
+ * set. Returns the URL (normalised path + remaining query) to forward.
+ */
+export function prepareUpstreamRequest(
+  headers: IncomingHttpHeaders,
+  ctx: RequestContext,
+  d: { readonly policy?: { readonly authenticators: readonly Authenticator[] }; readonly identity?: Identity },
+  cfg: CompiledConfig,
+  upgrade: boolean,
+): string {
+  let query = ctx.query;
+  for (const a of d.policy?.authenticators ?? []) {
+    for (const h of a.credentialHeaders) deleteHeader(headers, h);
+    if (a.credentialQueryParams?.length) query = withoutParams(query, a.credentialQueryParams);
+  }
+  stripInbound(headers, cfg.identity.reserved, upgrade);
+  // A report-only denial forwards with whatever identity was verified (none if authentication failed).
+  setIdentity(headers, ctx, d.identity, cfg);
+  return query ? `${ctx.path}?${query}` : ctx.path;
 }

@@ -1,8 +1,10 @@
 // Policies compiled at load; the first whose host, path and method match wins.
-import { BlockList } from 'node:net';
+import type { BlockList } from 'node:net';
 import type { RawPolicy } from '../config/schema.ts';
 import type { ConfigIssue } from '../errors.ts';
-import { parseCidr } from '../config/schema.ts';
+import { blockList } from '../util/net.ts';
+
+export { blockList, inList } from '../util/net.ts';
 import { compileHostPattern, compilePathGlob, compileValuePattern } from '../util/patterns.ts';
 import type { Authenticator } from '../authenticators/types.ts';
 import { authenticatorsOf, compileRequirement, type ReqNode } from './requirements.ts';
@@ -15,6 +17,8 @@ export interface CompiledPolicy {
   readonly methods?: ReadonlySet<string>;
   readonly requirement: ReqNode;
   readonly authenticators: readonly Authenticator[];
+  /** Some authenticator reads the body: buffer it (capped) before deciding. */
+  readonly needsBody: boolean;
   readonly scopesAll: readonly string[];
   readonly scopesAny: readonly string[];
   readonly subjects?: readonly RegExp[];
@@ -24,25 +28,6 @@ export interface CompiledPolicy {
   readonly expiredStatus: 401 | 403;
   /** For `check` and `explain`: the policy as written. */
   readonly summary: { hosts: string; paths: string; methods: string; authenticate: string; mode: string };
-}
-
-export function blockList(cidrs: readonly string[]): BlockList {
-  const bl = new BlockList();
-  for (const c of cidrs) {
-    const p = parseCidr(c)!;
-    bl.addSubnet(p.address, p.prefix, p.family);
-  }
-  return bl;
-}
-
-/** True when an address (v4, v6 or v4-mapped v6) is in the list. */
-export function inList(bl: BlockList, ip: string): boolean {
-  if (ip.includes(':')) {
-    const mapped = /^::ffff:(\d+\.\d+\.\d+\.\d+)$/i.exec(ip);
-    if (mapped) return bl.check(mapped[1]!, 'ipv4') || bl.check(ip, 'ipv6');
-    return bl.check(ip, 'ipv6');
-  }
-  return bl.check(ip, 'ipv4');
 }
 
 function describe(r: RawPolicy['authenticate']): string {
@@ -75,6 +60,7 @@ export function compilePolicies(
       methods: p.match.methods ? new Set(p.match.methods) : undefined,
       requirement,
       authenticators: authenticatorsOf(requirement),
+      needsBody: authenticatorsOf(requirement).some((a) => a.needsBody),
       scopesAll: p.authorize?.scopes?.all ?? [],
       scopesAny: p.authorize?.scopes?.any ?? [],
       subjects: p.authorize?.subjects?.map(compileValuePattern),

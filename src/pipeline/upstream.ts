@@ -2,7 +2,7 @@
 // Errors come back as a code the handler turns into a JSON 502/504.
 import http from 'node:http';
 import https from 'node:https';
-import type { Duplex } from 'node:stream';
+import { Readable, type Duplex } from 'node:stream';
 import { createProxyServer, type ProxyServer } from 'http-proxy-3';
 import type { CompiledConfig } from '../config/compile.ts';
 
@@ -34,8 +34,9 @@ export class Upstream {
     });
   }
 
-  web(req: http.IncomingMessage, res: http.ServerResponse, onError: (f: UpstreamFailure, detail: string) => void): void {
-    this.#proxy.web(req, res, {}, (err) => {
+  /** Forward; `body` is the already-buffered body of a signed request, sent byte-for-byte. */
+  web(req: http.IncomingMessage, res: http.ServerResponse, body: Buffer | undefined, onError: (f: UpstreamFailure, detail: string) => void): void {
+    this.#proxy.web(req, res, body ? { buffer: Readable.from([body]) } : {}, (err) => {
       const code = (err as NodeJS.ErrnoException).code;
       onError(code === TIMEOUT ? 'UPSTREAM_TIMEOUT' : 'UPSTREAM_UNAVAILABLE', code ?? (err as Error).message);
     });

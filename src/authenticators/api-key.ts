@@ -1,0 +1,107 @@
+// type: apiKey — keys stored only as SHA-256 hashes, looked up by the hash of
+// the presented key (a map lookup: no early-exit comparison of secrets).
+import { createHash } from 'node:crypto';
+import { z } from 'zod';
+import { parse as parseYaml } from 'yaml';
+import type { BlockList } from 'node:net';
+import { ConfigError, type ConfigIssue } from '../errors.ts';
+import { blockList, cidr, foldHeader, inList } from '../util/net.ts';
+import { allow, defineAuthenticator, deny, skip, type Verdict } from './types.ts';
+
+export const hashKey = (key: string) => `sha256:${createHash('sha256').update(key, 'utf8').digest('hex')}`;
+
+export const keyEntry = z.strictObject({
+  id: z.string().min(1),
+  hash: z.string().regex(/^sha256:[0-9a-f]{64}$/, 'must be "sha256:" and 64 lower-case hex digits (portcullis keys hash)'),
+  subject: z.string().min(1),
+  scopes: z.array(z.string().min(1)).default([]),
+  expiresAt: z.union([z.string(), z.date()]).transform((v, c) => {
+    const t = v instanceof Date ? v.getTime() : Date.parse(v);
+    if (Number.isNaN(t)) { c.addIssue({ code: 'custom', message: 'must be an ISO 8601 date-time' }); return z.NEVER; }
+    return t;
+  }).optional(),
+  revoked: z.boolean().default(false),
+  allowIps: z.array(cidr).optional(),
+  denyIps: z.array(cidr).optional(),
+});
+
+const schema = z.strictObject({
+  type: z.literal('apiKey'),
+  from: z.union([z.strictObject({ header: z.string().min(1) }), z.strictObject({ query: z.string().min(1) })]).default({ header: 'X-API-Key' }),
+  keys: z.array(keyEntry).optional(),
+  /** A YAML file with `keys: [...]`, reloaded with the config. */
+  keysFile: z.string().min(1).optional(),
+  forward: z.boolean().default(false),
+});
+
+interface Key { id: string; subject: string; scopes: readonly string[]; expiresAt?: number; revoked: boolean; allowIps?: BlockList; denyIps?: BlockList }
+
+export const apiKey = defineAuthenticator({
+  type: 'apiKey',
+  schema,
+  create(cfg, ctx) {
+    const base = ['authenticators', ctx.name];
+    const entries: { e: z.output<typeof keyEntry>; path: (string | number)[]; where?: string }[] = [];
+    cfg.keys?.forEach((e, i) => entries.push({ e, path: [...base, 'keys', i] }));
+    if (cfg.keysFile) {
+      const text = ctx.readFile(cfg.keysFile, [...base, 'keysFile']);
+      let doc: unknown;
+      try { doc = parseYaml(text); } catch (e) { throw new ConfigError([{ path: [...base, 'keysFile'], message: `${cfg.keysFile}: ${(e as Error).message.split('\n')[0]}` }]); }
+      const parsed = z.strictObject({ keys: z.array(keyEntry) }).safeParse(doc);
+      if (!parsed.success) {
+        throw new ConfigError(parsed.error.issues.map((i) => ({ path: [...base, 'keysFile'], message: `${cfg.keysFile}: ${i.path.join('.')}: ${i.message}` })));
+      }
+      parsed.data.keys.forEach((e) => entries.push({ e, path: [...base, 'keysFile'] }));
+    }
+    if (!entries.length) throw new ConfigError([{ path: base, message: 'no keys: give `keys` or `keysFile`' }]);
+    const byHash = new Map<string, Key>();
+    const ids = new Set<string>();
+    const issues: ConfigIssue[] = [];
+    for (const { e, path } of entries) {
+      if (ids.has(e.id)) issues.push({ path, message: `duplicate key id "${e.id}"` });
+      if (byHash.has(e.hash)) issues.push({ path, message: `key "${e.id}" has the same hash as another key` });
+      ids.add(e.id);
+      byHash.set(e.hash, {
+        id: e.id, subject: e.subject, scopes: Object.freeze([...e.scopes]), expiresAt: e.expiresAt, revoked: e.revoked,
+        allowIps: e.allowIps ? blockList(e.allowIps) : undefined, denyIps: e.denyIps ? blockList(e.denyIps) : undefined,
+      });
+    }
+    if (issues.length) throw new ConfigError(issues);
+
+    const from = cfg.from;
+    const headerName = 'header' in from ? foldHeader(from.header) : undefined;
+    return {
+      name: ctx.name,
+      type: 'apiKey',
+      credentialHeaders: cfg.forward || !headerName ? [] : [headerName],
+      credentialQueryParams: cfg.forward || 'header' in from ? [] : [from.query],
+      challenge: `ApiKey realm="${ctx.name}"`,
+      verify(req): Verdict {
+        let presented: string | undefined;
+        if (headerName) {
+          // Accept the header in any "-"/"_" spelling (X_AUTH_XPUB), but only once.
+          const values: string[] = [];
+          for (const [k, v] of Object.entries(req.headers)) if (foldHeader(k) === headerName && v !== undefined) values.push(...(Array.isArray(v) ? v : [v]));
+          if (!values.length) return skip('AUTH_003', `no ${'header' in from ? from.header : ''} header`);
+          if (values.length > 1 || values[0]!.includes(',')) return deny('AUTH_003', 'API key sent more than once');
+          presented = values[0]!.trim();
+        } else {
+          const q = 'query' in from ? from.query : '';
+          const found = new URLSearchParams(req.query).getAll(q);
+          if (!found.length) return skip('AUTH_003', `no ${q} query parameter`);
+          if (found.length > 1) return deny('AUTH_003', 'API key sent more than once');
+          presented = found[0]!;
+        }
+        if (!presented) return deny('AUTH_003', 'empty API key');
+        if (presented.length > 512) return deny('AUTH_003', 'API key too long');
+        const key = byHash.get(hashKey(presented));
+        if (!key) return deny('AUTH_004', 'API key not found');
+        if (key.revoked) return deny('AUTH_004', `API key ${key.id} is revoked`);
+        if (key.expiresAt !== undefined && key.expiresAt <= req.now) return deny('AUTH_002', `API key ${key.id} expired at ${new Date(key.expiresAt).toISOString()}`);
+        if (key.denyIps && inList(key.denyIps, req.clientIp)) return deny('AUTH_005', `API key ${key.id}: client IP ${req.clientIp} is in its denyIps`);
+        if (key.allowIps && !inList(key.allowIps, req.clientIp)) return deny('AUTH_005', `API key ${key.id}: client IP ${req.clientIp} is not in its allowIps`);
+        return allow({ subject: key.subject, keyId: key.id, scopes: key.scopes }, `API key ${key.id}`);
+      },
+    };
+  },
+});

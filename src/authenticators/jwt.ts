@@ -1,0 +1,208 @@
+// type: jwt — bearer tokens verified with jose against a shared secret, a local
+// JWKS file or a remote JWKS. Verified tokens are cached by digest until exp.
+import { createHash, createSecretKey } from 'node:crypto';
+import { z } from 'zod';
+import { LRUCache } from 'lru-cache';
+import { jwtVerify, createLocalJWKSet, type JWTPayload, type JSONWebKeySet, type JWTVerifyGetKey } from 'jose';
+import { ConfigError, type AuthCode } from '../errors.ts';
+import { allow, defineAuthenticator, deny, skip, type AuthRequest, type Verdict } from './types.ts';
+import { RemoteJwks, JwksUnavailable } from './jwks.ts';
+
+const HMAC_ALGS = ['HS256', 'HS384', 'HS512'] as const;
+const ASYMMETRIC_ALGS = ['RS256', 'RS384', 'RS512', 'PS256', 'PS384', 'PS512', 'ES256', 'ES384', 'ES512', 'EdDSA', 'Ed25519'] as const;
+
+const stringOrList = z.union([z.string().min(1), z.array(z.string().min(1)).min(1)]);
+
+export const tokenSource = z.union([
+  z.strictObject({ header: z.string().min(1), scheme: z.string().min(1).optional() }),
+  z.strictObject({ cookie: z.string().min(1) }),
+]);
+
+const schema = z.strictObject({
+  type: z.literal('jwt'),
+  /** Where the token is: a header (optionally with a scheme such as Bearer) or a cookie. */
+  from: tokenSource.default({ header: 'Authorization', scheme: 'Bearer' }),
+  issuer: stringOrList.optional(),
+  audience: stringOrList.optional(),
+  /** Required; "none" is not a member of either list, so it can never be configured. */
+  algorithms: z.array(z.enum([...HMAC_ALGS, ...ASYMMETRIC_ALGS])).min(1),
+  secret: z.string().min(1).optional(),
+  secretEncoding: z.enum(['utf8', 'base64', 'base64url']).default('utf8'),
+  jwks: z.union([
+    z.strictObject({ file: z.string().min(1) }),
+    z.strictObject({
+      url: z.string().url(),
+      timeoutMs: z.number().int().min(100).default(5_000), // 5 s per fetch
+      cooldownMs: z.number().int().min(0).default(30_000), // 30 s between refetches for unknown kids
+      maxAgeMs: z.number().int().min(1_000).default(600_000), // 10 min, then refreshed in the background
+      ca: z.string().min(1).optional(),
+    }),
+  ]).optional(),
+  clockToleranceSec: z.number().int().min(0).max(600).default(30),
+  requireExp: z.boolean().default(true),
+  subjectClaim: z.string().min(1).default('sub'),
+  scopesClaim: z.string().min(1).default('scope'),
+  /** RFC 8705: the token's cnf["x5t#S256"] must be this connection's client certificate. */
+  certificateBound: z.boolean().default(false),
+  maxTokenBytes: z.number().int().min(256).max(65_536).default(8_192),
+  cache: z.strictObject({ maxEntries: z.number().int().min(0).default(10_000) }).prefault({}),
+  /** Keep the credential in the forwarded request (default: removed). */
+  forward: z.boolean().default(false),
+});
+
+type Cfg = z.output<typeof schema>;
+
+interface Verified { payload: JWTPayload; expMs: number; subject?: string; scopes: readonly string[] }
+
+const JOSE_CODES: Record<string, AuthCode> = {
+  ERR_JWT_EXPIRED: 'AUTH_002',
+  ERR_JWT_CLAIM_VALIDATION_FAILED: 'AUTH_001',
+  ERR_JWS_SIGNATURE_VERIFICATION_FAILED: 'AUTH_001',
+  ERR_JOSE_ALG_NOT_ALLOWED: 'AUTH_001',
+  ERR_JOSE_NOT_SUPPORTED: 'AUTH_001',
+  ERR_JWKS_NO_MATCHING_KEY: 'AUTH_001',
+  ERR_JWKS_MULTIPLE_MATCHING_KEYS: 'AUTH_001',
+  ERR_JWS_INVALID: 'AUTH_003',
+  ERR_JWT_INVALID: 'AUTH_003',
+  ERR_JWK_INVALID: 'AUTH_001',
+};
+
+const COMPACT = /^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*$/;
+
+export function scopesOf(v: unknown): string[] {
+  if (typeof v === 'string') return v.split(/\s+/).filter(Boolean);
+  if (Array.isArray(v)) return v.filter((s): s is string => typeof s === 'string');
+  return [];
+}
+
+/** Read one cookie's value from Cookie headers. */
+export function cookieValue(header: string | undefined, name: string): string | undefined {
+  if (!header) return undefined;
+  for (const part of header.split(';')) {
+    const i = part.indexOf('=');
+    if (i > 0 && part.slice(0, i).trim() === name) return part.slice(i + 1).trim();
+  }
+  return undefined;
+}
+
+function extract(req: AuthRequest, from: Cfg['from']): { token: string } | Verdict {
+  if ('cookie' in from) {
+    const v = cookieValue(req.headers.cookie, from.cookie);
+    return v ? { token: v } : skip('AUTH_003', `no ${from.cookie} cookie`);
+  }
+  const raw = req.headers[from.header.toLowerCase()];
+  if (raw === undefined) return skip('AUTH_003', `no ${from.header} header`);
+  if (Array.isArray(raw)) return deny('AUTH_003', `${from.header} sent more than once`);
+  if (!from.scheme) return raw ? { token: raw.trim() } : deny('AUTH_003', `empty ${from.header}`);
+  const m = /^(\S+)\s+(\S+)\s*$/.exec(raw);
+  if (!m || m[1]!.toLowerCase() !== from.scheme.toLowerCase()) return skip('AUTH_003', `${from.header} is not a ${from.scheme} credential`);
+  return { token: m[2]! };
+}
+
+export const jwt = defineAuthenticator({
+  type: 'jwt',
+  schema,
+  create(cfg, ctx) {
+    const base = ['authenticators', ctx.name];
+    const hmac = cfg.algorithms.filter((a) => (HMAC_ALGS as readonly string[]).includes(a));
+    // Key confusion (RS256 -> HS256 with the public key as secret) is impossible by construction:
+    // an authenticator has either a secret and HMAC algorithms, or keys and asymmetric ones.
+    if (hmac.length && hmac.length !== cfg.algorithms.length) throw new ConfigError([{ path: [...base, 'algorithms'], message: 'do not mix HMAC (HS*) and asymmetric algorithms in one authenticator (key confusion); use two' }]);
+    let getKey: JWTVerifyGetKey | Uint8Array | ReturnType<typeof createSecretKey>;
+    let remote: RemoteJwks | undefined;
+    if (hmac.length) {
+      if (!cfg.secret || cfg.jwks) throw new ConfigError([{ path: [...base, 'secret'], message: 'HS* algorithms need `secret` (and no `jwks`)' }]);
+      const key = Buffer.from(cfg.secret, cfg.secretEncoding);
+      if (key.length < 32) throw new ConfigError([{ path: [...base, 'secret'], message: `secret is ${key.length} bytes; HMAC keys must be at least 32 bytes (RFC 7518 §3.2)` }]);
+      getKey = createSecretKey(key);
+    } else {
+      if (!cfg.jwks || cfg.secret) throw new ConfigError([{ path: [...base, 'jwks'], message: 'asymmetric algorithms need `jwks` ({ file } or { url }) and no `secret`' }]);
+      if ('file' in cfg.jwks) {
+        const text = ctx.readFile(cfg.jwks.file, [...base, 'jwks', 'file']);
+        let set: JSONWebKeySet;
+        try { set = JSON.parse(text); if (!Array.isArray(set.keys)) throw new Error('no "keys" array'); } catch (e) {
+          throw new ConfigError([{ path: [...base, 'jwks', 'file'], message: `${cfg.jwks.file}: not a JWKS (${(e as Error).message})` }]);
+        }
+        getKey = createLocalJWKSet(set);
+      } else {
+        const j = cfg.jwks;
+        const ca = j.ca ? ctx.readFile(j.ca, [...base, 'jwks', 'ca']) : undefined;
+        const url = new URL(j.url);
+        if (url.protocol !== 'https:' && !['127.0.0.1', 'localhost', '[::1]'].includes(url.hostname)) {
+          throw new ConfigError([{ path: [...base, 'jwks', 'url'], message: 'a remote JWKS must be fetched over https (plain http only for loopback)' }]);
+        }
+        const key = `jwks|${url.href}|${j.timeoutMs}|${j.cooldownMs}|${j.maxAgeMs}|${ca ?? ''}`;
+        const rt = ctx.runtime;
+        remote = rt.shared(key, () => new RemoteJwks(url, { timeoutMs: j.timeoutMs, cooldownMs: j.cooldownMs, maxAgeMs: j.maxAgeMs, ca, maxBytes: 1_048_576 }, () => rt.events));
+        if (!remote.loaded) void remote.refresh();
+        const r = remote;
+        getKey = (h, t) => r.getKey(h, t);
+      }
+    }
+
+    const cache = cfg.cache.maxEntries > 0 ? new LRUCache<string, Verified>({ max: cfg.cache.maxEntries }) : undefined;
+    const tolMs = cfg.clockToleranceSec * 1000;
+    const credentialHeaders = cfg.forward ? [] : 'cookie' in cfg.from ? [] : [cfg.from.header.toLowerCase()];
+
+    async function verifyToken(token: string, now: number): Promise<Verified | Verdict> {
+      try {
+        const { payload } = await jwtVerify(token, getKey as JWTVerifyGetKey, {
+          algorithms: cfg.algorithms,
+          issuer: cfg.issuer,
+          audience: cfg.audience,
+          clockTolerance: cfg.clockToleranceSec,
+          requiredClaims: cfg.requireExp ? ['exp'] : [],
+          currentDate: new Date(now),
+        });
+        const sub = payload[cfg.subjectClaim];
+        return {
+          payload,
+          expMs: typeof payload.exp === 'number' ? payload.exp * 1000 : Number.POSITIVE_INFINITY,
+          subject: typeof sub === 'string' ? sub : typeof sub === 'number' ? String(sub) : undefined,
+          scopes: Object.freeze(scopesOf(payload[cfg.scopesClaim])),
+        };
+      } catch (e) {
+        if (e instanceof JwksUnavailable) throw e;
+        const code = (e as { code?: string }).code;
+        const mapped = code ? JOSE_CODES[code] : undefined;
+        if (mapped) return deny(mapped, `token rejected: ${(e as Error).message}`);
+        if (code === 'ERR_JWKS_TIMEOUT') throw e;
+        if (e instanceof TypeError) return deny('AUTH_001', `token rejected: ${e.message}`);
+        throw e;
+      }
+    }
+
+    return {
+      name: ctx.name,
+      type: 'jwt',
+      credentialHeaders,
+      challenge: 'Bearer error="invalid_token"',
+      async verify(req): Promise<Verdict> {
+        const found = extract(req, cfg.from);
+        if ('kind' in found) return found;
+        const token = found.token;
+        if (token.length > cfg.maxTokenBytes) return deny('AUTH_003', `token is ${token.length} bytes, over maxTokenBytes`);
+        if (!COMPACT.test(token)) return deny('AUTH_003', 'not a compact JWS (three base64url parts)');
+        const digest = cache ? createHash('sha256').update(token).digest('base64url') : '';
+        let v = cache?.get(digest);
+        if (v && v.expMs + tolMs <= req.now) { cache!.delete(digest); v = undefined; }
+        if (!v) {
+          const r = await verifyToken(token, req.now);
+          if ('kind' in r) return r;
+          v = r;
+          if (cache) cache.set(digest, v);
+        }
+        if (cfg.certificateBound) {
+          const cnf = v.payload.cnf as Record<string, unknown> | undefined;
+          const want = cnf?.['x5t#S256'];
+          const cc = req.conn.clientCert;
+          if (typeof want !== 'string') return deny('AUTH_001', 'token is not certificate-bound (no cnf["x5t#S256"])');
+          if (!cc.present) return deny('AUTH_010', 'certificate-bound token without a client certificate');
+          if (!cc.verified || !cc.cert) return deny('AUTH_010', `certificate-bound token with a refused client certificate (${cc.problem})`);
+          if (cc.cert.x5tS256 !== want) return deny('AUTH_001', 'token is bound to a different client certificate');
+        }
+        return allow({ subject: v.subject, scopes: v.scopes, claims: v.payload }, 'token verified');
+      },
+    };
+  },
+});

@@ -1,0 +1,39 @@
+// Address, CIDR and header-name helpers shared by config, pipeline and authenticators.
+import { BlockList, isIP } from 'node:net';
+import { z } from 'zod';
+
+export function parseCidr(s: string): { address: string; prefix: number; family: 'ipv4' | 'ipv6' } | undefined {
+  const [address, p, extra] = s.split('/');
+  if (extra !== undefined || !address) return undefined;
+  const v = isIP(address);
+  if (v === 0) return undefined;
+  const max = v === 4 ? 32 : 128;
+  if (p !== undefined && !/^\d{1,3}$/.test(p)) return undefined;
+  const prefix = p === undefined ? max : Number(p);
+  if (prefix > max) return undefined;
+  return { address, prefix, family: v === 4 ? 'ipv4' : 'ipv6' };
+}
+
+export const cidr = z.string().refine((s) => parseCidr(s) !== undefined, { message: 'must be an IP address or CIDR (10.0.0.0/8, 2001:db8::/32)' });
+
+export function blockList(cidrs: readonly string[]): BlockList {
+  const bl = new BlockList();
+  for (const c of cidrs) {
+    const p = parseCidr(c)!;
+    bl.addSubnet(p.address, p.prefix, p.family);
+  }
+  return bl;
+}
+
+/** True when an address (v4, v6 or v4-mapped v6) is in the list. */
+export function inList(bl: BlockList, ip: string): boolean {
+  if (ip.includes(':')) {
+    const mapped = /^::ffff:(\d+\.\d+\.\d+\.\d+)$/i.exec(ip);
+    if (mapped) return bl.check(mapped[1]!, 'ipv4') || bl.check(ip, 'ipv6');
+    return bl.check(ip, 'ipv6');
+  }
+  return bl.check(ip, 'ipv4');
+}
+
+/** Header names compared case-insensitively with "_" folded to "-". */
+export const foldHeader = (name: string) => name.toLowerCase().replace(/_/g, '-');

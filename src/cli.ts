@@ -12,6 +12,7 @@ import { PortcullisServer } from './server.ts';
 import { createEchoServer } from './echo.ts';
 import { writeDevPki } from './tls/pki.ts';
 import { explain, formatExplanation } from './explain.ts';
+import { hashKey, newApiKey } from './authenticators/api-key.ts';
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 
@@ -22,6 +23,8 @@ Commands:
   check   --config FILE             validate the config and every file it names; print the policy table
   explain --config FILE METHOD URL [-H 'Name: value']... [--cert PEM] [--ip ADDR]
                                     dry-run one request through the policies
+  keys new [--env prod|test|dev]    print a new API key (shown once) and the hash line for config
+  keys hash                         read a key on stdin, print its sha256: hash
   certs dev --out DIR [--hosts a.test,b.test]
                                     write a dev CA, server and client certificates (keys mode 0600)
   echo    [--listen ADDR]           run the echo upstream (default 127.0.0.1:8080)
@@ -168,6 +171,25 @@ export async function main(argv: string[]): Promise<number> {
         if ('error' in res) { err(res.error); return 1; }
         out(formatExplanation(res));
         return 0;
+      }
+      case 'keys': {
+        const [sub, ...r] = rest;
+        if (sub === 'new') {
+          const a = args(r, { env: { type: 'string' } });
+          const env = typeof a.values.env === 'string' ? a.values.env : 'prod';
+          if (!['prod', 'test', 'dev'].includes(env)) throw new UsageError('--env must be prod, test or dev');
+          const key = newApiKey(env as 'prod' | 'test' | 'dev');
+          out(key);
+          out(`hash: "${hashKey(key)}"   # put this line in config; the key itself is not stored anywhere`);
+          return 0;
+        }
+        if (sub === 'hash') {
+          const input = readFileSync(0, 'utf8').replace(/\r?\n$/, '');
+          if (!input) { err('portcullis: no key on stdin'); return 1; }
+          out(hashKey(input));
+          return 0;
+        }
+        throw new UsageError('usage: portcullis keys new [--env prod|test|dev] | portcullis keys hash');
       }
       case 'certs': {
         const [sub, ...r] = rest;

@@ -1,12 +1,23 @@
 // type: apiKey — keys stored only as SHA-256 hashes, looked up by the hash of
 // the presented key (a map lookup: no early-exit comparison of secrets).
-import { createHash } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import { z } from 'zod';
 import { parse as parseYaml } from 'yaml';
 import type { BlockList } from 'node:net';
 import { ConfigError, type ConfigIssue } from '../errors.ts';
 import { blockList, cidr, foldHeader, inList } from '../util/net.ts';
 import { allow, defineAuthenticator, deny, skip, type Verdict } from './types.ts';
+
+const BASE62 = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789';
+
+/** kapi_<env>_<32 base62 characters>, uniformly random (rejection sampling, no modulo bias). */
+export function newApiKey(env: 'prod' | 'test' | 'dev'): string {
+  let s = '';
+  while (s.length < 32) {
+    for (const b of randomBytes(48)) if (b < 248 && s.length < 32) s += BASE62[b % 62];
+  }
+  return `kapi_${env}_${s}`;
+}
 
 export const hashKey = (key: string) => `sha256:${createHash('sha256').update(key, 'utf8').digest('hex')}`;
 

@@ -4,8 +4,9 @@ import type { AuthenticatorType } from './types.ts';
 import { mtls } from './mtls.ts';
 import { jwt } from './jwt.ts';
 import { apiKey } from './api-key.ts';
+import { hmac } from './hmac.ts';
 
-export const AUTHENTICATOR_TYPES: readonly AuthenticatorType<any>[] = [mtls, jwt, apiKey];
+export const AUTHENTICATOR_TYPES: readonly AuthenticatorType<any>[] = [mtls, jwt, apiKey, hmac];
 
 export const AUTHENTICATORS_BY_TYPE: ReadonlyMap<string, AuthenticatorType<any>> = new Map(
   AUTHENTICATOR_TYPES.map((t) => [t.type, t]),

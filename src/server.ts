@@ -165,6 +165,7 @@ export class PortcullisServer {
       });
       adminPort = (this.#admin.address() as { port: number }).port;
     }
+    for (const a of cfg.authenticators.values()) a.start?.();
     this.#ready = true;
     this.metrics.configReloads.inc({ result: 'success' });
     this.metrics.configLastReloadSuccess.set(cfg.loadedAt / 1000);
@@ -198,6 +199,7 @@ export class PortcullisServer {
     }
     this.#config = next;
     this.#applyServerSettings(next);
+    for (const a of next.authenticators.values()) a.start?.();
     this.metrics.configReloads.inc({ result: 'success' });
     this.metrics.configLastReloadSuccess.set(next.loadedAt / 1000);
     this.logger.info({ msg: 'config reloaded', file: next.file, policies: next.policies.length, previousLoadedAt: new Date(prev.loadedAt).toISOString() });

@@ -51,6 +51,8 @@ const schema = z.strictObject({
   label: z.string().min(1).optional(),
   tag: z.string().min(1).optional(),
   requireCreated: z.boolean().default(true),
+  /** A request with a body must cover content-digest (so the body is signed too). */
+  requireDigestForBody: z.boolean().default(true),
 });
 
 type Cfg = z.output<typeof schema>;
@@ -212,7 +214,7 @@ export const hmac = defineAuthenticator({
           const missing = required.filter((r) => !covered.includes(r));
           if (missing.length) return deny('AUTH_003', `signature does not cover ${missing.join(', ')}`);
           const hasBody = !!req.body && req.body.length > 0;
-          if (hasBody && !covered.includes('content-digest')) return deny('AUTH_003', 'a request with a body must cover content-digest');
+          if (cfg.requireDigestForBody && hasBody && !covered.includes('content-digest')) return deny('AUTH_003', 'a request with a body must cover content-digest');
           if (s.created === undefined && cfg.requireCreated) return deny('AUTH_003', 'signature has no created parameter');
           if (s.created !== undefined && Math.abs(req.now - s.created * 1000) > skewMs) { rt.events.replayRejected(); return deny('AUTH_009', `created ${Math.round(req.now / 1000 - s.created)} s from now, window ±${cfg.maxSkewSec} s`); }
           if (s.expires !== undefined && req.now > s.expires * 1000) { rt.events.replayRejected(); return deny('AUTH_009', 'signature expired'); }

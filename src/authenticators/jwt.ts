@@ -134,7 +134,6 @@ export const jwt = defineAuthenticator({
         const key = `jwks|${url.href}|${j.timeoutMs}|${j.cooldownMs}|${j.maxAgeMs}|${ca ?? ''}`;
         const rt = ctx.runtime;
         remote = rt.shared(key, () => new RemoteJwks(url, { timeoutMs: j.timeoutMs, cooldownMs: j.cooldownMs, maxAgeMs: j.maxAgeMs, ca, maxBytes: 1_048_576 }, () => rt.events));
-        if (!remote.loaded) void remote.refresh();
         const r = remote;
         getKey = (h, t) => r.getKey(h, t);
       }
@@ -177,6 +176,7 @@ export const jwt = defineAuthenticator({
       type: 'jwt',
       credentialHeaders,
       challenge: 'Bearer error="invalid_token"',
+      start() { if (remote && !remote.loaded) void remote.refresh(); },
       async verify(req): Promise<Verdict> {
         const found = extract(req, cfg.from);
         if ('kind' in found) return found;

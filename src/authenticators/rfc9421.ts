@@ -110,8 +110,8 @@ export function signatureBase(input: InnerList, req: AuthRequest): string {
   return lines.join('\n');
 }
 
-export function verifySignature(key: Key, base: string, signature: Buffer): boolean {
-  const data = Buffer.from(base, 'utf8');
+export function verifySignature(key: Key, base: string | Buffer, signature: Buffer): boolean {
+  const data = typeof base === 'string' ? Buffer.from(base, 'utf8') : base;
   switch (key.alg) {
     case 'hmac-sha256': {
       const mac = createHmac('sha256', key.secret).update(data).digest();

@@ -54,6 +54,8 @@ export interface Authenticator {
   readonly credentialQueryParams?: readonly string[];
   /** The body must be buffered (up to server.maxBodyBytes) before verify(). */
   readonly needsBody?: boolean;
+  /** Called when a server starts serving this config (not by check/explain): warm caches, prefetch keys. */
+  start?(): void;
   /** The WWW-Authenticate challenge for a 401 from a policy using this authenticator. */
   readonly challenge?: string;
   verify(req: AuthRequest): Verdict | Promise<Verdict>;

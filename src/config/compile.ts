@@ -93,7 +93,10 @@ export function compile(raw: RawConfig, opts: CompileOptions): CompiledConfig {
     }
   }
 
-  const policies = compilePolicies(raw.policies, (n) => authenticators.get(n), issues);
+  const policyIssues: ConfigIssue[] = [];
+  const policies = compilePolicies(raw.policies, (n) => authenticators.get(n), policyIssues);
+  // An authenticator that failed to build was already reported; do not report every use of it too.
+  issues.push(...policyIssues.filter((i) => !(/^unknown authenticator "(.*)"$/.exec(i.message)?.[1]! in raw.authenticators)));
 
   let upstreamCa: string | undefined;
   if (raw.upstream.ca) {

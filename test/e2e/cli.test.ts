@@ -138,3 +138,17 @@ t.test('serve: curl with a client certificate gets through; SIGTERM drains and e
   t.match(stdout, /"msg":"stopped"/);
   t.notMatch(stdout, /BEGIN|PRIVATE/, 'no key material in the logs');
 });
+
+t.test('keys new prints a kapi_<env>_<32 base62> key once with its hash line; keys hash hashes stdin', async (t) => {
+  const r = run(['keys', 'new', '--env', 'test']);
+  t.equal(r.status, 0);
+  const [key, hashLine] = r.stdout.trim().split('\n');
+  t.match(key, /^kapi_test_[A-Za-z0-9]{32}$/);
+  const h = run(['keys', 'hash'], key + '\n');
+  t.equal(h.status, 0);
+  t.match(hashLine, new RegExp(`^hash: "${h.stdout.trim()}"`));
+  t.match(h.stdout.trim(), /^sha256:[0-9a-f]{64}$/);
+  t.equal(run(['keys', 'hash'], 'kapi_prod_7f3d9a2b5c1e4890abcdef1234567890').stdout.trim(), 'sha256:522a81f1128ea07df68f105ad2901de715cb387d66f1df870fe3ff98bcf67c63', 'the same as sha256sum');
+  t.equal(run(['keys', 'new', '--env', 'staging']).status, 2);
+  t.not(run(['keys', 'new']).stdout.split('\n')[0], run(['keys', 'new']).stdout.split('\n')[0], 'random');
+});

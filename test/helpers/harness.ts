@@ -97,7 +97,8 @@ export function request(h: { port: number }, fx: Fixture, o: ReqOpts = {}): Prom
     const servername = o.servername === undefined ? 'a.test' : o.servername;
     const req = https.request({
       host: '127.0.0.1', port: h.port, method: o.method ?? 'GET', path: o.path ?? '/',
-      servername: servername || undefined, ca: fx.ca.certPem, agent: false,
+      // '' (not undefined): Node would otherwise take the SNI name from the Host header.
+      servername: servername || '', ca: fx.ca.certPem, agent: false,
       checkServerIdentity: () => undefined,
       cert: o.cert, key: o.key, session: o.session,
       headers: { host: o.host ?? (servername || '127.0.0.1'), ...o.headers },

@@ -1,0 +1,108 @@
+// RFC 9421 details not covered by the Appendix B vectors, every algorithm, and
+// the nonce store's "deny rather than forget" rule.
+import t from 'tap';
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { createPrivateKey, createHash, sign, constants } from 'node:crypto';
+import { AUTHENTICATORS_BY_TYPE } from '../../src/authenticators/registry.ts';
+import type { AuthRequest, Verdict } from '../../src/authenticators/types.ts';
+import { Runtime } from '../../src/runtime.ts';
+import { MemoryNonceStore } from '../../src/store/nonces.ts';
+
+const KEYS = new URL('../../../shared/reference/vectors/rfc9421/keys/', import.meta.url).pathname;
+const pem = (f: string) => { const s = readFileSync(join(KEYS, f), 'utf8'); return s.slice(s.indexOf('-----BEGIN')); };
+const NOW = 1_700_000_000_000;
+
+const hmacType = AUTHENTICATORS_BY_TYPE.get('hmac')!;
+function make(extra: Record<string, unknown> = {}) {
+  const cfg = hmacType.schema.parse({
+    type: 'hmac', scheme: 'rfc9421', requiredComponents: ['@method', '@target-uri'],
+    clients: [
+      { id: 'rsa', publicKey: 'test-key-rsa.pub.pem', algorithm: 'rsa-v1_5-sha256', subject: 'rsa' },
+      { id: 'ec', publicKey: 'test-key-ecc-p256.pub.pem', algorithm: 'ecdsa-p256-sha256', subject: 'ec' },
+      { id: 'ed', publicKey: 'test-key-ed25519.pub.pem', algorithm: 'ed25519', subject: 'ed' },
+      { id: 'pss', publicKey: 'test-key-rsa-pss.pub.pem', algorithm: 'rsa-pss-sha512', subject: 'pss' },
+      { id: 'gone', publicKey: 'test-key-ed25519.pub.pem', algorithm: 'ed25519', subject: 'x', revoked: true },
+    ],
+    ...extra,
+  });
+  return hmacType.create(cfg, { name: 'sigs', clientAuth: false, runtime: new Runtime(), resolvePath: (p) => join(KEYS, p), readFile: (p) => readFileSync(join(KEYS, p), 'utf8') });
+}
+
+const SIGNERS = {
+  rsa: (d: Buffer) => sign('sha256', d, createPrivateKey(pem('test-key-rsa.priv.pem'))),
+  ec: (d: Buffer) => sign('sha256', d, { key: createPrivateKey(pem('test-key-ecc-p256.priv.pem')), dsaEncoding: 'ieee-p1363' }),
+  ed: (d: Buffer) => sign(null, d, createPrivateKey(pem('test-key-ed25519.priv.pem'))),
+  pss: (d: Buffer) => sign('sha512', d, { key: createPrivateKey(pem('test-key-rsa-pss.priv.pem')), padding: constants.RSA_PKCS1_PSS_PADDING, saltLength: 64 }),
+  gone: (d: Buffer) => sign(null, d, createPrivateKey(pem('test-key-ed25519.priv.pem'))),
+};
+
+/** Sign like a client would: the base is written out by hand here, independently of the verifier. */
+function signed(keyid: keyof typeof SIGNERS, o: { params?: string; components?: [string, string][]; method?: string; path?: string; query?: string; body?: string } = {}): AuthRequest {
+  const components = o.components ?? [['"@method"', o.method ?? 'POST'], ['"@target-uri"', `https://api.example.com${o.path ?? '/orders'}${o.query ? '?' + o.query : ''}`]];
+  const params = `(${components.map(([c]) => c).join(' ')});created=${NOW / 1000};keyid="${keyid}"${o.params ?? ''}`;
+  const base = [...components.map(([c, v]) => `${c}: ${v}`), `"@signature-params": ${params}`].join('\n');
+  const sig = SIGNERS[keyid](Buffer.from(base));
+  const body = o.body === undefined ? undefined : Buffer.from(o.body);
+  return {
+    conn: { remoteAddress: '127.0.0.1', remotePort: 1, resumed: false, clientCert: { present: false, verified: false } },
+    method: o.method ?? 'POST', path: o.path ?? '/orders', query: o.query ?? '', authority: 'api.example.com', clientIp: '127.0.0.1', now: NOW, body,
+    headers: { 'signature-input': `sig1=${params}`, signature: `sig1=:${sig.toString('base64')}:`, ...(body ? { 'content-digest': `sha-512=:${createHash('sha512').update(body).digest('base64')}:` } : {}) },
+  };
+}
+
+const code = (v: Verdict) => (v.kind === 'allow' ? 'allow' : v.code);
+
+t.test('every registered algorithm verifies, and a flipped bit does not', async (t) => {
+  const a = make();
+  for (const k of ['rsa', 'ec', 'ed', 'pss'] as const) {
+    const r = signed(k);
+    t.equal(code(await a.verify(r)), 'allow', k);
+    const bad = { ...r, method: 'PUT' };
+    t.equal(code(await a.verify(bad)), 'AUTH_001', `${k}: method changed`);
+  }
+  t.equal(code(await a.verify(signed('gone'))), 'AUTH_004', 'revoked key');
+});
+
+t.test('derived components: @scheme, @request-target, @query, @authority, @query-param', async (t) => {
+  const a = make({ requiredComponents: [] });
+  const r = signed('ed', { query: 'a=1&b=two%20words', components: [['"@scheme"', 'https'], ['"@request-target"', '/orders?a=1&b=two%20words'], ['"@query"', '?a=1&b=two%20words'], ['"@authority"', 'api.example.com'], ['"@query-param";name="b"', 'two%20words'], ['"@path"', '/orders']] });
+  t.equal(code(await a.verify(r)), 'allow');
+  t.equal(code(await a.verify({ ...r, query: 'a=1&b=other' })), 'AUTH_001', 'query changed');
+  const status = signed('ed', { components: [['"@status"', '200']] });
+  t.equal(code(await a.verify(status)), 'AUTH_003', '@status is for responses');
+});
+
+t.test('parameters: alg must match the key, expires, tag, required coverage, body digest', async (t) => {
+  const a = make();
+  t.equal(code(await a.verify(signed('ed', { params: ';alg="ed25519"' }))), 'allow');
+  t.equal(code(await a.verify(signed('ed', { params: ';alg="hmac-sha256"' }))), 'AUTH_001', 'alg mismatch');
+  t.equal(code(await a.verify(signed('ed', { params: `;expires=${NOW / 1000 - 1}` }))), 'AUTH_009', 'expired signature');
+  t.equal(code(await make({ tag: 'app' }).verify(signed('ed', { params: ';tag="other"' }))), 'AUTH_003', 'wrong tag');
+  t.equal(code(await make({ tag: 'app' }).verify(signed('ed', { params: ';tag="app"' }))), 'allow', 'right tag');
+  t.equal(code(await a.verify(signed('ed', { components: [['"@method"', 'POST']] }))), 'AUTH_003', '@target-uri not covered');
+  const withBody = signed('ed', { body: '{"a":1}', components: [['"@method"', 'POST'], ['"@target-uri"', 'https://api.example.com/orders'], ['"content-digest"', '']] });
+  // The content-digest line must carry the header value: re-sign with it.
+  const digest = `sha-512=:${createHash('sha512').update('{"a":1}').digest('base64')}:`;
+  const ok = signed('ed', { body: '{"a":1}', components: [['"@method"', 'POST'], ['"@target-uri"', 'https://api.example.com/orders'], ['"content-digest"', digest]] });
+  t.equal(code(await a.verify(ok)), 'allow', 'body with a covered, matching digest');
+  t.equal(code(await a.verify(withBody)), 'AUTH_001', 'base with the wrong digest line');
+  t.equal(code(await a.verify({ ...ok, body: Buffer.from('{"a":2}') })), 'AUTH_001', 'body changed');
+  t.equal(code(await a.verify({ ...signed('ed'), body: Buffer.from('x') })), 'AUTH_003', 'a body without content-digest coverage');
+  for (const garbage of ['sig1=(', 'sig1=("@method";created=1', 'sig1=:notbase64', '', 'sig1=?2', 'sig1=("@method");created=1.5']) {
+    const r = { ...signed('ed'), headers: { 'signature-input': garbage, signature: 'sig1=:AAAA:' } };
+    t.equal(code(await a.verify(r)), 'AUTH_003', `garbage Signature-Input ${JSON.stringify(garbage)}`);
+  }
+});
+
+t.test('nonce store: replays refused; when full of live nonces it refuses rather than forgets', async (t) => {
+  const s = new MemoryNonceStore(3);
+  t.equal(s.remember('a', 1000, 0), 'fresh');
+  t.equal(s.remember('a', 1000, 10), 'replay');
+  t.equal(s.remember('b', 1000, 0), 'fresh');
+  t.equal(s.remember('c', 1000, 0), 'fresh');
+  t.equal(s.remember('d', 1000, 500), 'full', 'full of live nonces: refuse');
+  t.equal(s.remember('a', 2000, 600), 'replay', 'and a is still remembered');
+  t.equal(s.remember('d', 3000, 1001), 'fresh', 'once the window passed, room again');
+  t.equal(s.remember('a', 3000, 1002), 'fresh', 'an expired nonce may be used again (its timestamp would be outside the window anyway)');
+});

@@ -12,12 +12,15 @@ import { createMetrics, type Metrics } from './metrics.ts';
 import { connectionInfo, type ConnectionInfo } from './tls/peer.ts';
 import { createHandler } from './pipeline/handle.ts';
 import { Upstream } from './pipeline/upstream.ts';
+import { ConfigWatcher } from './watch.ts';
 
 export interface ServerOptions {
   config: CompiledConfig;
   logger: Logger;
   metrics?: Metrics;
   now?: () => number;
+  /** Reload when the config or a file it names changes (default true). */
+  watch?: boolean;
   /** Override listen addresses (tests use port 0). */
   listen?: { host?: string; port?: number };
   adminListen?: { host?: string; port?: number } | false;
@@ -38,6 +41,7 @@ export class PortcullisServer {
   #accepting = true;
   #ready = false;
   readonly #opts: ServerOptions;
+  #watcher?: ConfigWatcher;
 
   constructor(opts: ServerOptions) {
     this.#opts = opts;
@@ -166,6 +170,10 @@ export class PortcullisServer {
       adminPort = (this.#admin.address() as { port: number }).port;
     }
     for (const a of cfg.authenticators.values()) a.start?.();
+    if (this.#opts.watch !== false) {
+      this.#watcher = new ConfigWatcher(() => { this.logger.info({ msg: 'config files changed: reloading' }); this.reloadFromFile(); });
+      this.#watcher.track(cfg.files);
+    }
     this.#ready = true;
     this.metrics.configReloads.inc({ result: 'success' });
     this.metrics.configLastReloadSuccess.set(cfg.loadedAt / 1000);
@@ -200,6 +208,7 @@ export class PortcullisServer {
     this.#config = next;
     this.#applyServerSettings(next);
     for (const a of next.authenticators.values()) a.start?.();
+    this.#watcher?.track(next.files);
     this.metrics.configReloads.inc({ result: 'success' });
     this.metrics.configLastReloadSuccess.set(next.loadedAt / 1000);
     this.logger.info({ msg: 'config reloaded', file: next.file, policies: next.policies.length, previousLoadedAt: new Date(prev.loadedAt).toISOString() });
@@ -221,6 +230,7 @@ export class PortcullisServer {
   /** Stop accepting, fail /readyz, drain in-flight requests within shutdownMs, then close. */
   async close(): Promise<void> {
     this.#accepting = false;
+    this.#watcher?.close();
     const deadline = Date.now() + this.#config.server.timeouts.shutdownMs;
     const closed = new Promise<void>((r) => this.#https.close(() => r()));
     this.#https.closeIdleConnections();

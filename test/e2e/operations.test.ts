@@ -1,0 +1,185 @@
+// Operations: /metrics parsed as Prometheus text, access and audit logs, hot
+// reload (policy change on a live connection, broken YAML, certificate
+// replacement, Kubernetes symlink swap), and drain on SIGTERM.
+import t from 'tap';
+import https from 'node:https';
+import tls from 'node:tls';
+import { spawn } from 'node:child_process';
+import { readFileSync, writeFileSync, mkdirSync, symlinkSync, renameSync, mkdtempSync } from 'node:fs';
+import { join } from 'node:path';
+import { createServer } from 'node:net';
+import { X509Certificate } from 'node:crypto';
+import { makeFixture } from '../helpers/pki.ts';
+import { startHarness, request, client, baseConfig, listenUpstream } from '../helpers/harness.ts';
+import { parseProm, value } from '../helpers/prom.ts';
+import { issue } from '../../src/tls/pki.ts';
+
+const fx = makeFixture();
+const policies = (extra = '') => `
+authenticators:
+  cert: { type: mtls }
+policies:
+  - name: open
+    match: { paths: ["/open/**"] }
+    authenticate: none
+  - name: api
+    match: { paths: ["/api/**"] }
+    authenticate: cert
+${extra}`;
+
+const until = async (what: string, fn: () => boolean, ms = 5000) => {
+  const end = Date.now() + ms;
+  while (!fn()) { if (Date.now() > end) throw new Error(`timed out waiting for ${what}`); await new Promise((r) => setTimeout(r, 25)); }
+};
+
+t.test('/metrics: Prometheus text with counters that move, bounded labels', async (t) => {
+  const h = await startHarness(fx, baseConfig(policies()));
+  t.teardown(() => h.close());
+  const scrape = async () => parseProm(await (await fetch(`http://127.0.0.1:${h.adminPort}/metrics`)).text());
+  const before = await scrape();
+  t.equal(before.types.get('portcullis_requests_total'), 'counter');
+  t.equal(before.types.get('portcullis_auth_duration_seconds'), 'histogram');
+  for (const name of ['portcullis_request_duration_seconds', 'portcullis_upstream_duration_seconds']) t.equal(before.types.get(name), 'histogram', name);
+  for (const name of ['portcullis_tls_handshakes_total', 'portcullis_client_cert_verifications_total', 'portcullis_config_reloads_total', 'portcullis_replays_rejected_total', 'portcullis_jwks_refresh_total']) t.equal(before.types.get(name), 'counter', name);
+  t.ok(before.types.has('portcullis_process_cpu_user_seconds_total'), 'process metrics');
+  const notAfter = Date.parse(new X509Certificate(fx.servers.a.certPem).validTo) / 1000;
+  t.equal(value(before.samples, 'portcullis_certificate_expiry_timestamp_seconds', { name: 'a.test', role: 'server' }), notAfter);
+  t.ok(value(before.samples, 'portcullis_certificate_expiry_timestamp_seconds', { role: 'client_ca' }));
+  t.ok(value(before.samples, 'portcullis_certificate_expiry_timestamp_seconds', { role: 'crl' }));
+  t.equal(value(before.samples, 'portcullis_config_reloads_total', { result: 'success' }), 1);
+
+  await request(h, fx, { path: '/api/secret-path-1', ...client(fx, 'valid') });
+  await request(h, fx, { path: '/api/secret-path-2', ...client(fx, 'valid') });
+  await request(h, fx, { path: '/api/x', ...client(fx, 'expired') });
+  await request(h, fx, { path: '/nowhere' });
+  const after = await scrape();
+  t.equal(value(after.samples, 'portcullis_requests_total', { policy: 'api', outcome: 'allow' }), 2);
+  t.equal(value(after.samples, 'portcullis_requests_total', { policy: 'api', outcome: 'deny', code: 'AUTH_002' }), 1);
+  t.equal(value(after.samples, 'portcullis_requests_total', { policy: 'none', outcome: 'deny', code: 'AUTH_011' }), 1);
+  t.equal(value(after.samples, 'portcullis_tls_handshakes_total', { sni: 'a.test', result: 'ok' }), 4);
+  t.equal(value(after.samples, 'portcullis_client_cert_verifications_total', { result: 'verified' }), 2);
+  t.equal(value(after.samples, 'portcullis_client_cert_verifications_total', { result: 'expired' }), 1);
+  t.equal(value(after.samples, 'portcullis_auth_duration_seconds_count', { authenticator: 'cert' }), 3);
+  t.ok((value(after.samples, 'portcullis_auth_duration_seconds_bucket', { authenticator: 'cert', le: '0.001' }) ?? 0) >= 1, 'sub-millisecond buckets');
+  t.equal(value(after.samples, 'portcullis_upstream_duration_seconds_count'), 2);
+  const text = JSON.stringify(after.samples.map((s) => s.labels));
+  for (const leak of ['secret-path', 'client-1', '/api']) t.notOk(text.includes(leak), `no "${leak}" in any label`);
+  const ready = await fetch(`http://127.0.0.1:${h.adminPort}/readyz`);
+  t.equal(ready.status, 200);
+  t.equal((await fetch(`http://127.0.0.1:${h.adminPort}/healthz`)).status, 200);
+});
+
+t.test('logs: one access line per request, an audit line per denial, startup line', async (t) => {
+  const h = await startHarness(fx, baseConfig(policies()));
+  t.teardown(() => h.close());
+  t.ok(h.logs.find((l) => l.msg === 'listening'));
+  const ids: string[] = [];
+  for (const o of [{ path: '/open/a' }, { path: '/api/b', ...client(fx, 'valid') }, { path: '/api/c' }, { path: '/zzz' }]) {
+    const r = await request(h, fx, o);
+    ids.push(String(r.headers['x-request-id']));
+  }
+  await until('access lines', () => h.logs.filter((l) => l.msg === 'access').length >= 4);
+  const access = h.logs.filter((l) => l.msg === 'access');
+  t.same(access.map((l) => l.requestId), ids, 'one access line per request, in order');
+  const b = access[1]!;
+  t.same([b.policy, b.outcome, b.status, b.subject, b.method, b.path], ['api', 'allow', 200, 'client-1', 'GET', '/api/b']);
+  t.same(b.authenticators, ['cert']);
+  t.type(b.durationMs, 'number');
+  const audits = h.logs.filter((l) => l.msg === 'denied');
+  t.same(audits.map((l) => [l.requestId, l.code]), [[ids[2], 'AUTH_010'], [ids[3], 'AUTH_011']]);
+  t.ok(h.logs.every((l) => typeof l.time === 'string' && typeof l.level === 'string'), 'JSON lines with time and level');
+});
+
+t.test('reload: a policy change applies on a live keep-alive connection; broken YAML is refused and the old config serves', async (t) => {
+  const h = await startHarness(fx, baseConfig(policies()));
+  t.teardown(() => h.close());
+  const agent = new https.Agent({ keepAlive: true, maxSockets: 1, ca: fx.ca.certPem, servername: 'a.test', checkServerIdentity: () => undefined });
+  t.teardown(() => agent.destroy());
+  const get = (path: string) => new Promise<{ status: number; reused: boolean }>((resolve, reject) => {
+    const req = https.request({ host: '127.0.0.1', port: h.port, path, agent, headers: { host: 'a.test' } }, (res) => { res.resume(); res.on('end', () => resolve({ status: res.statusCode!, reused: req.reusedSocket })); });
+    req.on('error', reject);
+    req.end();
+  });
+  t.equal((await get('/open/x')).status, 200);
+  t.equal((await get('/later/x')).status, 403);
+  const text = readFileSync(h.configFile, 'utf8');
+  writeFileSync(h.configFile, text.replace('policies:\n', 'policies:\n  - name: later\n    match: { paths: ["/later/**"] }\n    authenticate: none\n'));
+  await until('reload', () => h.logs.some((l) => l.msg === 'config reloaded'));
+  const r = await get('/later/x');
+  t.equal(r.status, 200, 'new policy in force');
+  t.ok(r.reused, 'on the same connection: nothing was dropped');
+
+  writeFileSync(h.configFile, text + '\n  - name: [broken\n');
+  await until('refusal', () => h.logs.some((l) => l.msg?.startsWith('config reload refused')));
+  const refused = h.logs.find((l) => l.msg?.startsWith('config reload refused'))!;
+  t.match(refused.issues[0], /portcullis\.yaml:\d+:\d+: /, 'the refusal names file:line:col');
+  t.equal((await get('/later/x')).status, 200, 'the last good config keeps serving');
+  const m = parseProm(await (await fetch(`http://127.0.0.1:${h.adminPort}/metrics`)).text());
+  t.equal(value(m.samples, 'portcullis_config_reloads_total', { result: 'failure' }), 1);
+  t.equal((await fetch(`http://127.0.0.1:${h.adminPort}/readyz`)).status, 200, '/readyz stays 200');
+});
+
+function serverSerial(port: number): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const s = tls.connect({ host: '127.0.0.1', port, servername: 'a.test', ca: fx.ca.certPem, checkServerIdentity: () => undefined, session: undefined }, () => { resolve(s.getPeerX509Certificate()!.serialNumber); s.end(); });
+    s.on('error', reject);
+  });
+}
+
+t.test('reload: a replaced certificate file is served on the next handshake; also via a Kubernetes-style symlink swap', async (t) => {
+  // Files live behind ..data -> ..v1, as kubelet mounts a Secret.
+  const mount = mkdtempSync(join(fx.dir, 'secret-'));
+  const write = (ver: string, cert: { certPem: string; keyPem: string }) => {
+    mkdirSync(join(mount, ver));
+    writeFileSync(join(mount, ver, 'tls.crt'), cert.certPem);
+    writeFileSync(join(mount, ver, 'tls.key'), cert.keyPem);
+  };
+  write('..v1', fx.servers.a);
+  symlinkSync('..v1', join(mount, '..data'));
+  symlinkSync('..data/tls.crt', join(mount, 'tls.crt'));
+  symlinkSync('..data/tls.key', join(mount, 'tls.key'));
+  const yaml = baseConfig(policies()).replace('cert: {{PKI}}/a.crt', `cert: ${mount}/tls.crt`).replace('key: {{PKI}}/a.key', `key: ${mount}/tls.key`);
+  const h = await startHarness(fx, yaml);
+  t.teardown(() => h.close());
+  t.equal(await serverSerial(h.port), fx.servers.a.cert.serialNumber.toUpperCase());
+
+  const next = issue({ cn: 'a.test', issuer: fx.ca, dns: ['a.test'], eku: ['serverAuth'] });
+  write('..v2', next);
+  symlinkSync('..v2', join(mount, '..tmp'));
+  renameSync(join(mount, '..tmp'), join(mount, '..data')); // the atomic swap kubelet does
+  await until('reload after symlink swap', () => h.logs.some((l) => l.msg === 'config reloaded'));
+  t.equal(await serverSerial(h.port), next.cert.serialNumber.toUpperCase(), 'new handshakes get the new certificate');
+
+  const third = issue({ cn: 'a.test', issuer: fx.ca, dns: ['a.test'], eku: ['serverAuth'] });
+  writeFileSync(join(mount, '..v2', 'tls.key'), third.keyPem);
+  writeFileSync(join(mount, '..v2', 'tls.crt'), third.certPem);
+  await until('reload after in-place write', () => h.logs.filter((l) => l.msg === 'config reloaded').length >= 2);
+  t.equal(await serverSerial(h.port), third.cert.serialNumber.toUpperCase());
+});
+
+t.test('SIGTERM: in-flight request completes, new connections refused, /readyz 503, exit 0', async (t) => {
+  const up = await listenUpstream((req, res) => { setTimeout(() => res.end(`slow ${req.url}`), req.url === '/open/slow' ? 800 : 0); });
+  t.teardown(() => { up.server.closeAllConnections(); up.server.close(); });
+  const free = () => new Promise<number>((r) => { const s = createServer(); s.listen(0, '127.0.0.1', () => { const p = (s.address() as { port: number }).port; s.close(() => r(p)); }); });
+  const [port, admin] = [await free(), await free()];
+  const dir = mkdtempSync(join(fx.dir, 'drain-'));
+  const file = join(dir, 'p.yaml');
+  writeFileSync(file, baseConfig(policies(), '  timeouts: { shutdownMs: 10000 }').replace('listen: 127.0.0.1:0', `listen: 127.0.0.1:${port}`).replaceAll('{{PKI}}', fx.dir).replace('{{UPSTREAM}}', `http://127.0.0.1:${up.port}`) + `admin:\n  listen: 127.0.0.1:${admin}\n`);
+  const child = spawn(process.execPath, [new URL('../../bin/portcullis.js', import.meta.url).pathname, 'serve', '--config', file], { stdio: ['ignore', 'pipe', 'inherit'] });
+  let out = '';
+  child.stdout.on('data', (d) => { out += d; });
+  await until('listening', () => out.includes('"listening"'), 15000);
+  const h = { port };
+  const slow = request(h, fx, { path: '/open/slow' });
+  await new Promise((r) => setTimeout(r, 200)); // the slow request is now in flight
+  const exited = new Promise<number | null>((r) => child.once('exit', (c) => r(c)));
+  child.kill('SIGTERM');
+  await until('draining', () => out.includes('SIGTERM: draining'));
+  const ready = await fetch(`http://127.0.0.1:${admin}/readyz`).then((r) => r.status, () => 'down');
+  t.equal(ready, 503, '/readyz is 503 while draining');
+  const refused = await request(h, fx, { path: '/open/new' }).then(() => 'served', (e: NodeJS.ErrnoException) => e.code);
+  t.equal(refused, 'ECONNREFUSED', 'new connections are refused');
+  const r = await slow;
+  t.same([r.status, r.body], [200, 'slow /open/slow'], 'the in-flight request completed');
+  t.equal(await exited, 0, 'exit 0');
+});

@@ -65,6 +65,9 @@ export class PortcullisServer {
       sessionTimeout: cfg.tls.sessionTimeoutSec,
       handshakeTimeout: cfg.server.timeouts.headersMs,
       maxHeaderSize: cfg.server.maxHeaderBytes,
+      // Node checks headersTimeout/requestTimeout only this often (default 30 s): slowloris
+      // connections must be cut close to their deadline.
+      connectionsCheckingInterval: Math.max(100, Math.min(1000, Math.floor(Math.min(cfg.server.timeouts.headersMs, cfg.server.timeouts.requestMs) / 4))),
       SNICallback: (name, cb) => {
         const ctx = this.#config.tls.lookup(name);
         if (ctx) cb(null, ctx);
@@ -86,6 +89,10 @@ export class PortcullisServer {
       this.metrics.tlsHandshakes.inc({ sni: this.#config.tls.labelFor(info.sni), result: info.resumed ? 'resumed' : 'ok' });
       const cc = info.clientCert;
       if (cc.present) this.metrics.clientCertVerifications.inc({ result: cc.verified ? 'verified' : (cc.problem ?? 'invalid') });
+    });
+    this.#https.on('drop', (d?: { remoteAddress?: string }) => {
+      this.metrics.connectionsDropped.inc();
+      this.logger.warn({ msg: 'connection refused: server.maxConnections reached', max: this.#config.server.maxConnections, remoteAddress: d?.remoteAddress });
     });
     this.#https.on('tlsClientError', (err: Error & { code?: string }) => {
       if (!/unknown SNI/.test(err.message)) this.metrics.tlsHandshakes.inc({ sni: 'none', result: 'error' });

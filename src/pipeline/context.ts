@@ -33,6 +33,7 @@ export type ContextResult =
   | { ok: false; code: 'BAD_REQUEST' | 'MISDIRECTED'; reason: string; id: string };
 
 export interface RequestHead {
+  httpVersion?: string;
   method?: string;
   url?: string;
   headers: IncomingHttpHeaders;
@@ -86,6 +87,10 @@ export function buildContext(head: RequestHead, conn: ConnectionInfo, cfg: Compi
   const id = peerTrusted && typeof sentId === 'string' && REQUEST_ID.test(sentId) ? sentId : randomUUID();
   const fail = (code: 'BAD_REQUEST' | 'MISDIRECTED', reason: string): ContextResult => ({ ok: false, code, reason, id });
 
+  if (head.httpVersion === '1.0' && head.headers['transfer-encoding'] !== undefined) {
+    // RFC 9112 §6.1: Transfer-Encoding in HTTP/1.0 is a smuggling vector; refuse it.
+    return fail('BAD_REQUEST', 'Transfer-Encoding in an HTTP/1.0 request');
+  }
   let hostCount = 0;
   for (let i = 0; i < head.rawHeaders.length; i += 2) if (head.rawHeaders[i]!.toLowerCase() === 'host') hostCount++;
   if (hostCount > 1) return fail('BAD_REQUEST', 'more than one Host header');

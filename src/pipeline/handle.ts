@@ -123,6 +123,12 @@ export function createHandler(deps: HandlerDeps) {
     let d: Decision;
     try {
       d = await decide(cfg, ctx, deps.now(), { timed, policy, body });
+      if (req.socket.destroyed) {
+        // The client went away while we were deciding: nothing to forward or answer.
+        logger.info({ msg: 'client disconnected during authentication', requestId: ctx.id });
+        logAccess(cfg, ctx, ctx.id, ctx.method, d, d.code, 499, t0);
+        return undefined;
+      }
     } catch (e) {
       // An authenticator threw: a bug or an infrastructure failure. Never forward.
       logger.error({ msg: 'authentication failed with an internal error', requestId: ctx.id, err: { message: (e as Error).message } });

@@ -20,6 +20,9 @@ export function normalisePath(target: string): Normalised {
   const rawPath = q === -1 ? target : target.slice(0, q);
   const query = q === -1 ? '' : target.slice(q + 1);
   if (rawPath.includes('\\')) return { ok: false, reason: 'backslash in path' };
+  // Servlet containers and some frameworks drop ";params" from a segment, so
+  // "/admin;x/users" would be "/admin/users" upstream but not to a policy.
+  if (rawPath.includes(';')) return { ok: false, reason: '";" path parameters are refused' };
 
   let decoded = '';
   for (let i = 0; i < rawPath.length; i++) {

@@ -23,7 +23,10 @@ export class Upstream {
       : new http.Agent({ keepAlive: true, maxSockets: 512 });
     this.#proxy = createProxyServer({ target: cfg.url.href, agent: this.#agent, xfwd: false, secure: true, ca: cfg.ca, ws: true });
     // The upstream's hop-by-hop response headers describe its connection to us, not ours to the client.
-    this.#proxy.on('proxyRes', (proxyRes) => {
+    this.#proxy.on('proxyRes', (proxyRes, _req, res) => {
+      // An upstream that dies mid-response: cut the client's connection too, so it
+      // sees a truncated response rather than waiting for bytes that never come.
+      proxyRes.once('close', () => { if (!proxyRes.complete && !res.destroyed) res.destroy(); });
       const h = proxyRes.headers;
       const nominated = h.connection ? String(h.connection).split(',').map((t) => t.trim().toLowerCase()) : [];
       for (const name of [...nominated, 'keep-alive', 'proxy-connection', 'connection']) if (name !== 'upgrade') delete h[name];

@@ -105,6 +105,8 @@ export function request(h: { port: number }, fx: Fixture, o: ReqOpts = {}): Prom
     } as https.RequestOptions, (res) => {
       const chunks: Buffer[] = [];
       res.on('data', (c: Buffer) => chunks.push(c));
+      res.on('error', reject);
+      res.on('close', () => { if (!res.complete) reject(Object.assign(new Error('response aborted'), { code: 'ECONNRESET' })); });
       res.on('end', () => {
         const body = Buffer.concat(chunks).toString('utf8');
         let json: any;

@@ -7,10 +7,10 @@ t.test('normalisation', async (t) => {
     ['/', '/', ''], ['/a//b', '/a/b', ''], ['/public/../admin', '/admin', ''], ['/%61dmin', '/admin', ''],
     ['//admin', '/admin', ''], ['/admin/./x', '/admin/x', ''], ['/a/b/..', '/a/', ''], ['/a/%2e%2E/b', '/b', ''],
     ['/../../etc', '/etc', ''], ['/%7e%41%20%c3%a9', '/~A%20%C3%A9', ''], ['/a%252e', '/a%252e', ''],
-    ['/x?y=1/../', '/x', 'y=1/../'], ['/a;jsessionid=1/b', '/a;jsessionid=1/b', ''],
+    ['/x?y=1/../', '/x', 'y=1/../'], 
   ];
   for (const [input, path, query] of ok) t.same(normalisePath(input), { ok: true, path, query }, input);
-  for (const bad of ['/admin%2Fx', '/a/..%2f', '/%5c', '/a%00', '/a%1f', '/a/%zz', '/a%2', 'admin', '*', '/a#frag', '/a\\b', '']) {
+  for (const bad of ['/a;b', '/admin;jsessionid=1/users', '/admin%2Fx', '/a/..%2f', '/%5c', '/a%00', '/a%1f', '/a/%zz', '/a%2', 'admin', '*', '/a#frag', '/a\\b', '']) {
     t.equal(normalisePath(bad).ok, false, `${bad} refused`);
   }
 });

@@ -1,0 +1,138 @@
+// Limits and slow clients: 431, 413, slowloris heads and slow bodies cut off,
+// idle keep-alive closed, a connection cap with a clear refusal, and bounded
+// memory while 500 slow connections are held.
+import t from 'tap';
+import tls from 'node:tls';
+import { createHmac } from 'node:crypto';
+import { makeFixture } from '../helpers/pki.ts';
+import { startHarness, rawTls, request, baseConfig, type Harness } from '../helpers/harness.ts';
+
+const fx = makeFixture();
+const cfg = (server: string) => baseConfig(`
+authenticators:
+  signed:
+    type: hmac
+    clients: [ { id: c1, secret: "0123456789abcdef0123456789abcdef", subject: c1 } ]
+policies:
+  - name: signed
+    match: { paths: ["/signed/**"] }
+    authenticate: signed
+  - name: open
+    match: { paths: ["/**"] }
+    authenticate: none
+`, server);
+
+let h: Harness;
+t.before(async () => { h = await startHarness(fx, cfg('  maxBodyBytes: 1024\n  timeouts: { headersMs: 600, requestMs: 1500, idleMs: 600 }')); });
+t.teardown(() => h.close());
+
+function connect(): Promise<tls.TLSSocket> {
+  return new Promise((resolve, reject) => {
+    const s = tls.connect({ host: '127.0.0.1', port: h.port, servername: 'a.test', ca: fx.ca.certPem, checkServerIdentity: () => undefined }, () => resolve(s));
+    s.on('error', reject);
+  });
+}
+const closed = (s: tls.TLSSocket) => new Promise<{ ms: number; data: string }>((resolve) => {
+  const t0 = Date.now();
+  let data = '';
+  s.on('data', (d) => { data += d; });
+  s.on('error', () => {});
+  s.once('close', () => resolve({ ms: Date.now() - t0, data }));
+});
+
+t.test('headers over maxHeaderBytes -> 431, in one header or many', async (t) => {
+  let out = await rawTls(h, fx, `GET /x HTTP/1.1\r\nHost: a.test\r\nX-Big: ${'a'.repeat(20_000)}\r\n\r\n`);
+  t.match(out, /^HTTP\/1\.1 431 /);
+  const many = Array.from({ length: 1500 }, (_, i) => `X-H${i}: ${'v'.repeat(10)}`).join('\r\n');
+  out = await rawTls(h, fx, `GET /x HTTP/1.1\r\nHost: a.test\r\n${many}\r\n\r\n`);
+  t.match(out, /^HTTP\/1\.1 431 /);
+  out = await rawTls(h, fx, `GET /${'a/'.repeat(9000)} HTTP/1.1\r\nHost: a.test\r\n\r\n`);
+  t.match(out, /^HTTP\/1\.1 431 /, 'a very long path');
+});
+
+t.test('a body over maxBodyBytes on a route that reads it -> 413 (declared or chunked)', async (t) => {
+  const before = h.seen.length;
+  let out = await rawTls(h, fx, `POST /signed/x HTTP/1.1\r\nHost: a.test\r\nX-API-Key: c1\r\nContent-Length: 5000\r\nConnection: close\r\n\r\n`);
+  t.match(out, /^HTTP\/1\.1 413 /);
+  t.match(out, /"code":"BODY_TOO_LARGE"/);
+  const chunk = 'x'.repeat(600);
+  out = await rawTls(h, fx, `POST /signed/x HTTP/1.1\r\nHost: a.test\r\nX-API-Key: c1\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n258\r\n${chunk}\r\n258\r\n${chunk}\r\n0\r\n\r\n`);
+  t.match(out, /^HTTP\/1\.1 413 /);
+  t.equal(h.seen.length, before);
+  // Within the limit the signed body goes through, byte-for-byte.
+  const ts = String(Math.floor(Date.now() / 1000)), nonce = 'n-' + Date.now(), body = '{"a":1}';
+  const sig = createHmac('sha256', '0123456789abcdef0123456789abcdef').update(`POST/signed/x${ts}${nonce}${body}`).digest('hex');
+  const ok = await request(h, fx, { method: 'POST', path: '/signed/x', body, headers: { 'x-api-key': 'c1', 'x-timestamp': ts, 'x-nonce': nonce, 'x-signature': sig } });
+  t.equal(ok.status, 200);
+});
+
+t.test('slowloris: a request head not finished within headersMs is cut off', async (t) => {
+  const s = await connect();
+  const done = closed(s);
+  s.write('GET /x HTTP/1.1\r\nHost: a.test\r\n');
+  const iv = setInterval(() => { if (!s.destroyed) s.write('X-Slow: 1\r\n'); }, 150);
+  const r = await done;
+  clearInterval(iv);
+  t.ok(r.ms < 3000, `closed after ${r.ms} ms (headersMs 600)`);
+  t.match(r.data, /^(HTTP\/1\.1 408 |$)/, '408 or a bare close');
+});
+
+t.test('slow body: a request not finished within requestMs is cut off', async (t) => {
+  const s = await connect();
+  const done = closed(s);
+  s.write('POST /x HTTP/1.1\r\nHost: a.test\r\nContent-Length: 1000\r\n\r\n');
+  const iv = setInterval(() => { if (!s.destroyed) s.write('a'); }, 100);
+  const r = await done;
+  clearInterval(iv);
+  t.ok(r.ms < 4500, `closed after ${r.ms} ms (requestMs 1500)`);
+});
+
+t.test('an idle keep-alive connection is closed after idleMs', async (t) => {
+  const s = await connect();
+  const done = closed(s);
+  s.write('GET /x HTTP/1.1\r\nHost: a.test\r\n\r\n');
+  const r = await done;
+  t.match(r.data, /^HTTP\/1\.1 200 /);
+  t.ok(r.ms >= 500 && r.ms < 3000, `closed ${r.ms} ms after the response (idleMs 600)`);
+});
+
+t.test('server.maxConnections: connections over the cap are refused, logged and counted', async (t) => {
+  const capped = await startHarness(fx, cfg('  maxConnections: 5'));
+  t.teardown(() => capped.close());
+  const socks: tls.TLSSocket[] = [];
+  const open = () => new Promise<'open' | 'refused'>((resolve) => {
+    const s = tls.connect({ host: '127.0.0.1', port: capped.port, servername: 'a.test', ca: fx.ca.certPem, checkServerIdentity: () => undefined }, () => { socks.push(s); resolve('open'); });
+    s.on('error', () => resolve('refused'));
+    s.on('close', () => resolve('refused'));
+  });
+  const results = [];
+  for (let i = 0; i < 7; i++) results.push(await open());
+  t.same(results, ['open', 'open', 'open', 'open', 'open', 'refused', 'refused']);
+  t.ok(capped.logs.some((l) => l.msg === 'connection refused: server.maxConnections reached'));
+  const m = await (await fetch(`http://127.0.0.1:${capped.adminPort}/metrics`)).text();
+  t.match(m, /portcullis_connections_dropped_total 2/);
+  for (const s of socks) s.destroy();
+});
+
+t.test('memory stays bounded while 500 slow connections are held', async (t) => {
+  const big = await startHarness(fx, cfg('  timeouts: { headersMs: 20000, requestMs: 30000 }'));
+  t.teardown(() => big.close());
+  global.gc?.();
+  const rss0 = process.memoryUsage().rss;
+  const socks: tls.TLSSocket[] = [];
+  for (let i = 0; i < 500; i++) {
+    const s = await new Promise<tls.TLSSocket>((resolve, reject) => {
+      const c = tls.connect({ host: '127.0.0.1', port: big.port, servername: 'a.test', ca: fx.ca.certPem, checkServerIdentity: () => undefined }, () => resolve(c));
+      c.on('error', reject);
+    });
+    s.write('GET /x HTTP/1.1\r\nHost: a.test\r\nX-Slow: ');
+    socks.push(s);
+  }
+  const rss1 = process.memoryUsage().rss;
+  const grewMb = (rss1 - rss0) / 1048576;
+  t.comment(`500 slow TLS connections (both ends in this process): RSS +${grewMb.toFixed(1)} MiB`);
+  t.ok(grewMb < 200, `RSS grew ${grewMb.toFixed(1)} MiB (bound: 200 MiB for both client and server sides)`);
+  const r = await request(big, fx, { path: '/still' });
+  t.equal(r.status, 200, 'still serving with 500 slow connections open');
+  for (const s of socks) s.destroy();
+});

@@ -1,0 +1,83 @@
+// Request smuggling and HTTP/1.1 framing over raw TLS sockets: every case ends
+// in a 400 (or is handled as exactly one well-framed request), the upstream never
+// sees a request it should not, and the process keeps serving.
+import t from 'tap';
+import { makeFixture } from '../helpers/pki.ts';
+import { startHarness, rawTls, request, client, baseConfig, type Harness } from '../helpers/harness.ts';
+
+const fx = makeFixture();
+let h: Harness;
+t.before(async () => {
+  h = await startHarness(fx, baseConfig(`
+authenticators:
+  cert: { type: mtls }
+policies:
+  - name: open
+    match: { paths: ["/open/**"] }
+    authenticate: none
+  - name: api
+    match: { paths: ["/api/**"] }
+    authenticate: cert
+`));
+});
+t.teardown(() => h.close());
+
+const H = 'Host: a.test\r\n';
+const FRAMING: [string, string][] = [
+  ['CL + TE together', `POST /open/x HTTP/1.1\r\n${H}Content-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /api/admin HTTP/1.1\r\n${H}\r\n`],
+  ['duplicate Content-Length', `POST /open/x HTTP/1.1\r\n${H}Content-Length: 4\r\nContent-Length: 40\r\n\r\nabcd`],
+  ['list Content-Length', `POST /open/x HTTP/1.1\r\n${H}Content-Length: 4, 4\r\n\r\nabcd`],
+  ['TE: chunked, identity', `POST /open/x HTTP/1.1\r\n${H}Transfer-Encoding: chunked, identity\r\n\r\n0\r\n\r\n`],
+  ['space before colon', `POST /open/x HTTP/1.1\r\n${H}Transfer-Encoding : chunked\r\n\r\n0\r\n\r\n`],
+  ['TE with a tab', `POST /open/x HTTP/1.1\r\n${H}Transfer-Encoding:\tchunked\t, x\r\n\r\n0\r\n\r\n`],
+  ['obs-fold', `GET /open/x HTTP/1.1\r\n${H}X-A: 1\r\n  folded\r\n\r\n`],
+  ['bare LF line ending', `GET /open/x HTTP/1.1\n${H.trim()}\n\n`],
+  ['bare CR', `GET /open/x HTTP/1.1\r\n${H}X-A: a\rb\r\n\r\n`],
+  ['invalid chunk size', `POST /open/x HTTP/1.1\r\n${H}Transfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n`],
+  ['chunk size overflow', `POST /open/x HTTP/1.1\r\n${H}Transfer-Encoding: chunked\r\n\r\nffffffffffffffffff\r\nabc\r\n0\r\n\r\n`],
+  ['NUL in header', `GET /open/x HTTP/1.1\r\n${H}X-A: a\u0000b\r\n\r\n`],
+  ['TE in HTTP/1.0', `POST /open/x HTTP/1.0\r\n${H}Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n`],
+  ['header name with space', `GET /open/x HTTP/1.1\r\n${H}X Auth: 1\r\n\r\n`],
+];
+
+for (const [name, payload] of FRAMING) {
+  t.test(`framing: ${name} -> 400, nothing forwarded`, async (t) => {
+    const before = h.seen.length;
+    const out = await rawTls(h, fx, payload, { waitMs: 800 });
+    t.match(out, /^HTTP\/1\.1 400 /, '400');
+    t.equal(h.seen.length, before, 'the upstream saw nothing');
+  });
+}
+
+t.test('pipelined: an unauthenticated second request never inherits the first one\'s identity', async (t) => {
+  const before = h.seen.length;
+  const out = await rawTls(h, fx, `GET /api/one HTTP/1.1\r\n${H}\r\nGET /api/two HTTP/1.1\r\n${H}X-Auth-User-ID: client-1\r\nConnection: close\r\n\r\n`, { waitMs: 1500 });
+  t.equal((out.match(/HTTP\/1\.1 401 /g) ?? []).length, 2, 'both refused on a connection without a certificate');
+  t.equal(h.seen.length, before);
+  // With a certificate both are allowed, each as its own well-framed request.
+  const out2 = await rawTls(h, fx, `POST /api/one HTTP/1.1\r\n${H}Content-Length: 5\r\n\r\nhelloGET /api/two HTTP/1.1\r\n${H}Connection: close\r\n\r\n`, { ...client(fx, 'valid'), waitMs: 1500 });
+  t.equal((out2.match(/HTTP\/1\.1 200 /g) ?? []).length, 2);
+  const [a, b] = h.seen.slice(-2);
+  t.same([a!.method, a!.url, a!.body, b!.method, b!.url, b!.body], ['POST', '/api/one', 'hello', 'GET', '/api/two', '']);
+});
+
+t.test('pipelined: a body that smuggles a request is delivered as body, never as a request', async (t) => {
+  const smuggled = `GET /api/admin HTTP/1.1\r\n${H}\r\n`;
+  const before = h.seen.length;
+  const out = await rawTls(h, fx, `POST /open/x HTTP/1.1\r\n${H}Content-Length: ${smuggled.length}\r\nConnection: close\r\n\r\n${smuggled}`, { waitMs: 1000 });
+  t.match(out, /^HTTP\/1\.1 200 /);
+  t.equal(h.seen.length, before + 1, 'exactly one request upstream');
+  t.equal(h.seen.at(-1)!.body, smuggled);
+  t.notOk(h.seen.some((r) => r.url === '/api/admin'));
+});
+
+t.test('chunked bodies are re-framed, not passed through raw', async (t) => {
+  const out = await rawTls(h, fx, `POST /open/chunked HTTP/1.1\r\n${H}Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\n\r\n`, { waitMs: 1000 });
+  t.match(out, /^HTTP\/1\.1 200 /);
+  t.equal(h.seen.at(-1)!.body, 'hello world');
+});
+
+t.test('still serving', async (t) => {
+  const r = await request(h, fx, { path: '/open/alive' });
+  t.equal(r.status, 200);
+});

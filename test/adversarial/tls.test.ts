@@ -1,0 +1,90 @@
+// TLS configuration: only TLS 1.2 and 1.3, ECDHE + AEAD only, renegotiation
+// refused; and testssl.sh against the live listener (installed by .ci/run).
+import t from 'tap';
+import tls from 'node:tls';
+import { spawn, spawnSync } from 'node:child_process';
+import { readFileSync, mkdtempSync } from 'node:fs';
+import { join } from 'node:path';
+import { tmpdir } from 'node:os';
+import { makeFixture } from '../helpers/pki.ts';
+import { startHarness, baseConfig, type Harness } from '../helpers/harness.ts';
+
+const fx = makeFixture();
+let h: Harness;
+t.before(async () => {
+  h = await startHarness(fx, baseConfig(`
+policies:
+  - name: open
+    match: { paths: ["/**"] }
+    authenticate: none
+`));
+});
+t.teardown(() => h.close());
+
+function hello(o: tls.ConnectionOptions): Promise<string> {
+  return new Promise((resolve) => {
+    let s: tls.TLSSocket;
+    try {
+      s = tls.connect({ host: '127.0.0.1', port: h.port, servername: 'a.test', ca: fx.ca.certPem, checkServerIdentity: () => undefined, ...o }, () => {
+        resolve(`${s.getProtocol()} ${s.getCipher().name}`);
+        s.end();
+      });
+    } catch (e) {
+      // This client's OpenSSL cannot even offer the suite.
+      resolve(`refused (client) ${(e as Error).message}`);
+      return;
+    }
+    s.on('error', (e: NodeJS.ErrnoException) => resolve(`refused ${e.code ?? e.message}`));
+  });
+}
+
+t.test('protocol versions: 1.2 and 1.3 only', async (t) => {
+  t.match(await hello({}), /^TLSv1\.3 /);
+  t.match(await hello({ maxVersion: 'TLSv1.2' }), /^TLSv1\.2 ECDHE-RSA-AES128-GCM-SHA256$/);
+  for (const v of ['TLSv1', 'TLSv1.1'] as const) {
+    t.match(await hello({ minVersion: v, maxVersion: v, ciphers: 'DEFAULT@SECLEVEL=0' }), /^refused/, `${v} refused`);
+  }
+});
+
+t.test('TLS 1.2 ciphers: no RSA key exchange, no CBC, no 3DES/RC4/NULL/anon', async (t) => {
+  for (const c of ['AES128-SHA', 'AES256-GCM-SHA384', 'ECDHE-RSA-AES128-SHA', 'ECDHE-RSA-AES256-SHA384', 'DES-CBC3-SHA', 'NULL-SHA256', 'ADH-AES128-GCM-SHA256']) {
+    t.match(await hello({ maxVersion: 'TLSv1.2', ciphers: `${c}@SECLEVEL=0` }), /^refused/, `${c} refused`);
+  }
+  for (const c of ['ECDHE-RSA-AES256-GCM-SHA384', 'ECDHE-RSA-CHACHA20-POLY1305']) {
+    t.match(await hello({ maxVersion: 'TLSv1.2', ciphers: c }), new RegExp(`^TLSv1\\.2 ${c}$`), `${c} accepted`);
+  }
+});
+
+t.test('client-initiated renegotiation is refused', async (t) => {
+  const result = await new Promise<string>((resolve) => {
+    const s = tls.connect({ host: '127.0.0.1', port: h.port, servername: 'a.test', ca: fx.ca.certPem, checkServerIdentity: () => undefined, maxVersion: 'TLSv1.2' }, () => {
+      const ok = s.renegotiate({ rejectUnauthorized: false }, (err) => { resolve(err ? `refused: ${err.message}` : 'renegotiated'); s.destroy(); });
+      if (!ok) resolve('refused: not started');
+    });
+    s.on('error', (e) => resolve(`refused: ${e.message}`));
+    s.on('close', () => resolve('refused: closed'));
+  });
+  t.match(result, /^refused/, result);
+});
+
+const testssl = spawnSync('sh', ['-c', 'command -v testssl || command -v testssl.sh'], { encoding: 'utf8' }).stdout.trim();
+t.test('testssl.sh finds nothing at MEDIUM or above in the TLS configuration', { skip: testssl ? false : 'testssl.sh is not installed (.ci/run installs it)', timeout: 240_000 }, async (t) => {
+  const out = join(mkdtempSync(join(tmpdir(), 'testssl-')), 'r.json');
+  // Asynchronous: the server under test runs in this process.
+  const code = await new Promise<number | null>((resolve) => {
+    const c = spawn(testssl, ['--quiet', '--color', '0', '--warnings', 'batch', '--jsonfile-pretty', out, '--ip', '127.0.0.1', '-p', '-s', '-P', '-S', '-U', '-R', `a.test:${h.port}`], { stdio: 'ignore' });
+    const timer = setTimeout(() => c.kill(), 220_000);
+    c.on('close', (x) => { clearTimeout(timer); resolve(x); });
+  });
+  t.not(code, null, 'testssl finished');
+  const scan = JSON.parse(readFileSync(out, 'utf8')).scanResult as Record<string, unknown>[];
+  // Findings about the certificate's issuer, not the TLS configuration: the test PKI is a
+  // private CA made at test time, and its certificates carry no CRL/OCSP URLs.
+  const certificateOnly = new Set(['cert_chain_of_trust', 'cert_revocation', 'cert_trust', 'cert_caIssuers', 'cert_ocspURL', 'cert_crlDistributionPoints']);
+  const findings = scan.flatMap((s) => Object.values(s).filter(Array.isArray).flat() as { id: string; severity: string; finding: string }[]);
+  const serious = findings.filter((f) => ['MEDIUM', 'HIGH', 'CRITICAL'].includes(f.severity) && !certificateOnly.has(f.id));
+  t.same(serious.map((f) => `${f.id}: ${f.finding}`), [], 'no MEDIUM/HIGH/CRITICAL finding');
+  t.ok(findings.some((f) => f.id === 'TLS1_3' && /offered/.test(f.finding)), 'TLS 1.3 offered');
+  t.ok(findings.some((f) => f.id === 'TLS1_1' && /not offered/.test(f.finding)), 'TLS 1.1 not offered');
+  t.comment(`testssl.sh: ${findings.length} findings, none at MEDIUM or above outside the test certificate's trust`);
+});

@@ -30,6 +30,9 @@ export class Upstream {
       const h = proxyRes.headers;
       const nominated = h.connection ? String(h.connection).split(',').map((t) => t.trim().toLowerCase()) : [];
       for (const name of [...nominated, 'keep-alive', 'proxy-connection', 'connection']) if (name !== 'upgrade') delete h[name];
+      // Say what this server will really do with the client's connection (http-proxy-3
+      // would otherwise guess from the request's Connection header, which we strip).
+      if (proxyRes.statusCode !== 101) h.connection = (res as http.ServerResponse).shouldKeepAlive ? 'keep-alive' : 'close';
     });
     const timeoutMs = cfg.timeoutMs;
     this.#proxy.on('proxyReq', (proxyReq) => {

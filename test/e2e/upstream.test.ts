@@ -138,3 +138,12 @@ policies:
   t.equal(r.headers['x-auth-method'], 'mtls');
   t.equal(r.headers['x-auth-ip'], '127.0.0.1');
 });
+
+t.test('the response announces what the server does with the connection: close when the client asked', async (t) => {
+  const h = await startHarness(fx, baseConfig(policies));
+  t.teardown(() => h.close());
+  const r = await request(h, fx, { path: '/x', headers: { connection: 'close' } });
+  t.equal(r.headers.connection, 'close');
+  const k = await request(h, fx, { path: '/x', headers: { connection: 'keep-alive' } });
+  t.equal(k.headers.connection, 'keep-alive');
+});

@@ -1,0 +1,246 @@
+// Portcullis benchmark: nginx, HAProxy, a bare Node proxy and Portcullis, each
+// started fresh, measured interleaved over several rounds, load generator (wrk,
+// with an mTLS shim) pinned to CPU 0 and proxy + upstream to CPU 1.
+//   npm run bench -- [--rounds 3] [--seconds 5] [--connections 50] [--only a,b] [--out bench/RESULTS.md]
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { mkdirSync, writeFileSync, readFileSync, existsSync } from 'node:fs';
+import { join, dirname } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { createConnection } from 'node:net';
+import { createHash, createHmac, createPrivateKey, sign } from 'node:crypto';
+import { parseArgs } from 'node:util';
+import { cpus } from 'node:os';
+
+const HERE = dirname(fileURLToPath(import.meta.url));
+const ROOT = join(HERE, '..');
+const W = join(HERE, '.work');
+const { values: opt } = parseArgs({ options: {
+  rounds: { type: 'string', default: '3' }, seconds: { type: 'string', default: '5' }, connections: { type: 'string', default: '50' },
+  only: { type: 'string' }, out: { type: 'string' }, 'no-handshake': { type: 'boolean', default: false },
+} });
+const ROUNDS = Number(opt.rounds), SECONDS = Number(opt.seconds), CONNS = Number(opt.connections);
+const LOAD_CPU = '0', SERVER_CPU = '1';
+
+function sh(cmd: string, args: string[], o: { cwd?: string } = {}): string {
+  const r = spawnSync(cmd, args, { encoding: 'utf8', cwd: o.cwd ?? W });
+  if (r.status !== 0) throw new Error(`${cmd} ${args.join(' ')}: ${r.stderr || r.stdout}`);
+  return r.stdout;
+}
+
+// ---- PKI (EC P-256), JWT, shim -------------------------------------------
+mkdirSync(W, { recursive: true });
+const need = (b: string) => { if (spawnSync('sh', ['-c', `command -v ${b}`]).status !== 0) throw new Error(`${b} is not installed (apt-get install nginx haproxy wrk)`); };
+for (const b of ['nginx', 'haproxy', 'wrk', 'openssl', 'taskset', 'cc']) need(b);
+const ossl = (...a: string[]) => sh('openssl', a);
+writeFileSync(join(W, 'ext.cnf'), '[srv]\nsubjectAltName=DNS:bench.test,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n[cli]\nextendedKeyUsage=clientAuth\n');
+ossl('req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-keyout', 'ca.key', '-out', 'ca.crt', '-subj', '/CN=Bench CA', '-days', '30');
+for (const [n, ext] of [['server', 'srv'], ['client', 'cli']]) {
+  ossl('req', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-keyout', `${n}.key`, '-out', `${n}.csr`, '-subj', `/CN=bench-${n}`);
+  ossl('x509', '-req', '-in', `${n}.csr`, '-CA', 'ca.crt', '-CAkey', 'ca.key', '-CAcreateserial', '-out', `${n}.crt`, '-days', '30', '-extfile', 'ext.cnf', '-extensions', ext!);
+}
+writeFileSync(join(W, 'server.pem'), readFileSync(join(W, 'server.crt'), 'utf8') + readFileSync(join(W, 'server.key'), 'utf8'));
+ossl('genpkey', '-algorithm', 'RSA', '-pkeyopt', 'rsa_keygen_bits:2048', '-out', 'jwt.key');
+ossl('pkey', '-in', 'jwt.key', '-pubout', '-out', 'jwt.pub');
+const jwk = { ...createPrivateKey(readFileSync(join(W, 'jwt.key'))).export({ format: 'jwk' }), kid: 'bench', alg: 'RS256', use: 'sig' } as Record<string, unknown>;
+for (const k of ['d', 'p', 'q', 'dp', 'dq', 'qi']) delete jwk[k];
+writeFileSync(join(W, 'jwks.json'), JSON.stringify({ keys: [jwk] }));
+const b64u = (o: unknown) => Buffer.from(JSON.stringify(o)).toString('base64url');
+const now = Math.floor(Date.now() / 1000);
+const jwtInput = `${b64u({ alg: 'RS256', typ: 'JWT', kid: 'bench' })}.${b64u({ sub: 'bench-user', iss: 'https://bench.test', aud: 'bench', scope: 'read', iat: now, exp: now + 86400 })}`;
+const JWT = `${jwtInput}.${sign('sha256', Buffer.from(jwtInput), createPrivateKey(readFileSync(join(W, 'jwt.key')))).toString('base64url')}`;
+const API_KEY = 'kapi_prod_BenchBenchBenchBenchBenchBench12';
+const HMAC_SECRET = 'bench-hmac-secret-0123456789abcdef';
+const BODY = JSON.stringify({ data: 'x'.repeat(1024 - 12) });
+const TS = String(now);
+const SIG = createHmac('sha256', HMAC_SECRET).update(`POST/bench${TS}${BODY}`).digest('hex');
+writeFileSync(join(W, 'hmac.lua'), `wrk.method = "POST"\nwrk.body = ${JSON.stringify(BODY)}\nwrk.headers["Content-Type"] = "application/json"\nwrk.headers["X-API-Key"] = "bench"\nwrk.headers["X-Timestamp"] = "${TS}"\nwrk.headers["X-Signature"] = "${SIG}"\n`);
+const SHIM = join(W, 'wrk-mtls-shim.so');
+sh('cc', ['-shared', '-fPIC', '-O2', '-o', SHIM, join(HERE, 'wrk-mtls-shim.c'), '-ldl']);
+
+// ---- processes -------------------------------------------------------------
+const PORTS = { upstream: 18080, proxy: 18443 };
+function waitPort(port: number, ms = 10_000): Promise<void> {
+  const end = Date.now() + ms;
+  return new Promise((resolve, reject) => {
+    const tryOnce = () => {
+      const s = createConnection({ host: '127.0.0.1', port }, () => { s.destroy(); resolve(); });
+      s.on('error', () => { s.destroy(); if (Date.now() > end) reject(new Error(`port ${port} not open`)); else setTimeout(tryOnce, 50); });
+    };
+    tryOnce();
+  });
+}
+function startPinned(cmd: string, args: string[], env: NodeJS.ProcessEnv = {}): ChildProcess {
+  const p = spawn('taskset', ['-c', SERVER_CPU, cmd, ...args], { stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, ...env } });
+  p.stderr!.on('data', (d) => { const s = String(d); if (!/ExperimentalWarning|\[notice\]|NOTICE|^\s*$/.test(s)) process.stderr.write(`[${cmd}] ${s}`); });
+  return p;
+}
+async function stop(p: ChildProcess): Promise<void> {
+  if (p.exitCode !== null) return;
+  const done = new Promise((r) => p.once('exit', r));
+  p.kill('SIGKILL');
+  await done;
+}
+function peakRssMb(pid: number): number {
+  try { return Number(/VmHWM:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))![1]) / 1024; } catch { return NaN; }
+}
+
+function nginxConf(name: string, server: string): string {
+  const f = join(W, `${name}.nginx.conf`);
+  writeFileSync(f, `daemon off; master_process off; worker_processes 1; pid ${W}/${name}.pid; error_log stderr error;\nevents { worker_connections 4096; }\nhttp { access_log off; keepalive_requests 1000000; ${server} }\n`);
+  return f;
+}
+const upstreamConf = nginxConf('upstream', `server { listen 127.0.0.1:${PORTS.upstream}; location / { return 200 "ok\\n"; } }`);
+
+interface Target { name: string; label: string; scheme: 'http' | 'https'; start(): ChildProcess; headers?: string[]; script?: string; mtls: boolean }
+const pcConfig = (name: string, auth: string, authenticate: string) => {
+  const f = join(W, `${name}.yaml`);
+  writeFileSync(f, `server: { listen: "127.0.0.1:${PORTS.proxy}" }
+admin: { listen: "127.0.0.1:19901" }
+tls:
+  certificates: [ { hosts: [bench.test], cert: server.crt, key: server.key } ]
+  unknownSni: default
+  clientAuth: { ca: ca.crt }
+upstream: { url: "http://127.0.0.1:${PORTS.upstream}" }
+authenticators:
+  cert: { type: mtls }
+${auth}
+policies:
+  - name: bench
+    match: { paths: ["/**"] }
+    authenticate: ${authenticate}
+logging: { level: warn, access: false }
+`);
+  return f;
+};
+const pc = (cfg: string) => () => startPinned(process.execPath, [join(ROOT, 'bin/portcullis.js'), 'serve', '--config', cfg]);
+const TARGETS: Target[] = [
+  { name: 'direct', label: 'direct to upstream (ceiling, plain HTTP)', scheme: 'http', mtls: false, start: () => startPinned('true', []) },
+  { name: 'nginx', label: 'nginx mTLS proxy', scheme: 'https', mtls: true, start: () => startPinned('nginx', ['-c', nginxConf('nginx', `upstream up { server 127.0.0.1:${PORTS.upstream}; keepalive 64; }
+server { listen 127.0.0.1:${PORTS.proxy} ssl; ssl_certificate ${W}/server.crt; ssl_certificate_key ${W}/server.key; ssl_client_certificate ${W}/ca.crt; ssl_verify_client on;
+  location / { proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection ""; proxy_set_header X-Client-DN $ssl_client_s_dn; } }`)]) },
+  { name: 'haproxy', label: 'HAProxy mTLS (verify required)', scheme: 'https', mtls: true, start: () => startHaproxy(false) },
+  { name: 'haproxy-jwt', label: 'HAProxy mTLS + jwt_verify RS256', scheme: 'https', mtls: true, headers: [`Authorization: Bearer ${JWT}`], start: () => startHaproxy(true) },
+  { name: 'node-floor', label: 'bare Node https + http-proxy-3, no auth', scheme: 'https', mtls: true, start: () => startPinned(process.execPath, [join(HERE, 'node-floor.ts'), String(PORTS.proxy), String(PORTS.upstream), join(W, 'server.crt'), join(W, 'server.key'), join(W, 'ca.crt')]) },
+  { name: 'pc-mtls', label: 'Portcullis mTLS', scheme: 'https', mtls: true, start: pc(pcConfig('pc-mtls', '', 'cert')) },
+  { name: 'pc-jwt', label: 'Portcullis mTLS + RS256 JWT', scheme: 'https', mtls: true, headers: [`Authorization: Bearer ${JWT}`],
+    start: pc(pcConfig('pc-jwt', '  jwt: { type: jwt, issuer: "https://bench.test", audience: bench, algorithms: [RS256], jwks: { file: jwks.json } }', '{ all: [cert, jwt] }')) },
+  { name: 'pc-apikey', label: 'Portcullis mTLS + API key', scheme: 'https', mtls: true, headers: [`X-API-Key: ${API_KEY}`],
+    start: pc(pcConfig('pc-apikey', `  key: { type: apiKey, keys: [ { id: bench, hash: "sha256:${createHash('sha256').update(API_KEY).digest('hex')}", subject: bench } ] }`, '{ all: [cert, key] }')) },
+  { name: 'pc-hmac', label: 'Portcullis mTLS + HMAC over 1 KiB body', scheme: 'https', mtls: true, script: join(W, 'hmac.lua'),
+    start: pc(pcConfig('pc-hmac', `  sig: { type: hmac, clients: [ { id: bench, secret: "${HMAC_SECRET}", subject: bench } ], message: [method, path, timestamp, body], requireNonce: false, maxSkewSec: 3600 }`, '{ all: [cert, sig] }')) },
+];
+function startHaproxy(jwt: boolean): ChildProcess {
+  const f = join(W, `haproxy${jwt ? '-jwt' : ''}.cfg`);
+  writeFileSync(f, `global
+  nbthread 1
+  tune.ssl.default-dh-param 2048
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 30s
+  timeout server 30s
+  option http-keep-alive
+frontend fe
+  bind 127.0.0.1:${PORTS.proxy} ssl crt ${W}/server.pem ca-file ${W}/ca.crt verify required alpn http/1.1
+${jwt ? `  http-request set-var(txn.bearer) http_auth_bearer
+  http-request deny unless { var(txn.bearer),jwt_header_query('$.alg') -m str RS256 }
+  http-request deny unless { var(txn.bearer),jwt_verify("RS256","${W}/jwt.pub") -m int 1 }
+` : ''}  default_backend be
+backend be
+  http-reuse always
+  server up 127.0.0.1:${PORTS.upstream}
+`);
+  return startPinned('haproxy', ['-db', '-f', f]);
+}
+
+// ---- wrk ---------------------------------------------------------------------
+interface Run { rps: number; p50: number; p99: number; errors: number }
+const ms = (v: string, unit: string) => Number(v) * ({ us: 0.001, ms: 1, s: 1000 }[unit] ?? NaN);
+function wrk(t: Target, handshake: boolean): Promise<Run> {
+  const url = `${t.scheme}://127.0.0.1:${t.scheme === 'http' ? PORTS.upstream : PORTS.proxy}/bench`;
+  const args = ['-c', LOAD_CPU, 'wrk', '-t1', `-c${CONNS}`, `-d${SECONDS}s`, '--latency', '--timeout', '5s'];
+  for (const h of t.headers ?? []) args.push('-H', h);
+  if (handshake) args.push('-H', 'Connection: close');
+  if (t.script) args.push('-s', t.script);
+  args.push(url);
+  const env = { ...process.env, ...(t.mtls ? { LD_PRELOAD: SHIM, WRK_CLIENT_CERT: join(W, 'client.crt'), WRK_CLIENT_KEY: join(W, 'client.key') } : {}), ...(handshake ? { WRK_NO_RESUME: '1' } : {}) };
+  return new Promise((resolve, reject) => {
+    const p = spawn('taskset', args, { env });
+    let out = '';
+    p.stdout.on('data', (d) => { out += d; });
+    p.stderr.on('data', (d) => { out += d; });
+    p.on('close', (code) => {
+      if (code !== 0) return reject(new Error(`wrk failed: ${out}`));
+      const rps = Number(/Requests\/sec:\s+([\d.]+)/.exec(out)?.[1] ?? NaN);
+      const pct = (q: string) => { const m = new RegExp(`^\\s+${q}%\\s+([\\d.]+)(us|ms|s)`, 'm').exec(out); return m ? ms(m[1]!, m[2]!) : NaN; };
+      const non2xx = Number(/Non-2xx or 3xx responses: (\d+)/.exec(out)?.[1] ?? 0);
+      const sockErr = /Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)/.exec(out);
+      const errors = non2xx + (sockErr ? Number(sockErr[1]) + Number(sockErr[4]) : 0);
+      resolve({ rps, p50: pct('50'), p99: pct('99'), errors });
+    });
+  });
+}
+
+// ---- rounds --------------------------------------------------------------------
+const only = opt.only ? new Set(opt.only.split(',')) : undefined;
+const targets = TARGETS.filter((t) => !only || only.has(t.name) || t.name === 'nginx' || t.name === 'node-floor');
+interface Sample { ka: Run; hs?: Run; rss: number }
+const results = new Map<string, Sample[]>(targets.map((t) => [t.name, []]));
+const upstream = startPinned('nginx', ['-c', upstreamConf]);
+await waitPort(PORTS.upstream);
+try {
+  for (let round = 1; round <= ROUNDS; round++) {
+    for (const t of targets) {
+      const p = t.start();
+      if (t.name !== 'direct') await waitPort(PORTS.proxy);
+      await new Promise((r) => setTimeout(r, 300));
+      await wrk({ ...t }, false).catch(() => undefined); // warm-up (JIT, caches, connections)
+      const ka = await wrk(t, false);
+      const hs = t.name === 'direct' || opt['no-handshake'] ? undefined : await wrk(t, true);
+      const rss = t.name === 'direct' ? peakRssMb(upstream.pid!) : peakRssMb(p.pid!);
+      results.get(t.name)!.push({ ka, hs, rss });
+      process.stderr.write(`round ${round} ${t.name.padEnd(12)} ${ka.rps.toFixed(0).padStart(7)} req/s  p50 ${ka.p50.toFixed(2)} ms  p99 ${ka.p99.toFixed(2)} ms  handshakes ${hs ? hs.rps.toFixed(0) : '-'}/s  rss ${rss.toFixed(0)} MiB${ka.errors || hs?.errors ? `  ERRORS ${ka.errors}/${hs?.errors ?? 0}` : ''}\n`);
+      await stop(p);
+      await new Promise((r) => setTimeout(r, 200));
+    }
+  }
+} finally {
+  await stop(upstream);
+}
+
+// ---- report ----------------------------------------------------------------------
+const median = (xs: number[]) => { const s = [...xs].sort((a, b) => a - b); const n = s.length; return n % 2 ? s[(n - 1) / 2]! : (s[n / 2 - 1]! + s[n / 2]!) / 2; };
+const fmt = (x: number, d = 0) => (Number.isFinite(x) ? x.toFixed(d) : '-');
+const range = (xs: number[], d = 0) => `${fmt(Math.min(...xs), d)}–${fmt(Math.max(...xs), d)}`;
+const ratio = (name: string, ref: string, f: (s: Sample) => number | undefined) => {
+  const a = results.get(name)!, b = results.get(ref)!;
+  const per = a.map((s, i) => { const x = f(s), y = b[i] ? f(b[i]!) : undefined; return x !== undefined && y ? x / y : NaN; }).filter(Number.isFinite);
+  return per.length ? median(per) : NaN;
+};
+const rows = targets.map((t) => {
+  const s = results.get(t.name)!;
+  const rps = s.map((x) => x.ka.rps), hs = s.flatMap((x) => (x.hs ? [x.hs.rps] : []));
+  return `| ${t.label} | ${fmt(median(rps))} (${range(rps)}) | ${fmt(ratio(t.name, 'nginx', (x) => x.ka.rps), 2)} | ${fmt(ratio(t.name, 'node-floor', (x) => x.ka.rps), 2)} | ${fmt(median(s.map((x) => x.ka.p50)), 2)} | ${fmt(median(s.map((x) => x.ka.p99)), 2)} | ${fmt(ratio(t.name, 'nginx', (x) => x.ka.p99), 2)} | ${hs.length ? `${fmt(median(hs))} (${range(hs)})` : '-'} | ${hs.length ? fmt(ratio(t.name, 'nginx', (x) => x.hs?.rps), 2) : '-'} | ${fmt(median(s.map((x) => x.rss)))} |`;
+});
+const version = (cmd: string, args: string[]) => { const r = spawnSync(cmd, args, { encoding: 'utf8' }); return (r.stdout + r.stderr).split('\n').find((l) => l.trim())?.trim() ?? '?'; };
+const table = [
+  `| configuration | keep-alive req/s, median (min–max) | × nginx | × Node floor | p50 ms | p99 ms | p99 × nginx | full handshakes/s, median (min–max) | × nginx | peak RSS MiB |`,
+  `|---|---|---|---|---|---|---|---|---|---|`,
+  ...rows,
+].join('\n');
+const report = `Run ${new Date().toISOString()} on ${cpus().length} × ${cpus()[0]?.model ?? '?'}; ${ROUNDS} rounds × ${SECONDS} s per figure, ${CONNS} connections, wrk on CPU ${LOAD_CPU}, proxy + upstream (nginx \`return 200\`) on CPU ${SERVER_CPU}.
+Versions: node ${process.version}; ${version('nginx', ['-v'])}; ${version('haproxy', ['-v'])}; ${version('wrk', ['-v'])}; ${version('openssl', ['version'])}.
+Command: \`npm run bench -- --rounds ${ROUNDS} --seconds ${SECONDS} --connections ${CONNS}${opt.only ? ` --only ${opt.only}` : ''}\`
+
+${table}
+
+Ratios are computed per round against the reference measured in the same round, then the median is taken.
+`;
+console.log(report);
+if (opt.out) {
+  const path = join(ROOT, opt.out);
+  const prev = existsSync(path) ? readFileSync(path, 'utf8') : '';
+  const marker = '<!-- latest run -->';
+  const head = prev.includes(marker) ? prev.slice(0, prev.indexOf(marker)) : prev;
+  writeFileSync(path, `${head}${marker}\n${report}`);
+}

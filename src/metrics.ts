@@ -27,7 +27,31 @@ export function createMetrics() {
     connectionsDropped: new Counter({ name: `${p}connections_dropped_total`, help: 'Connections refused because server.maxConnections was reached', registers: [registry] }),
     openConnections: new Gauge({ name: `${p}open_connections`, help: 'Client connections currently open', registers: [registry] }),
   };
-  return m;
+  // Label children cached by value: the label sets are small and bounded (config
+  // names x fixed outcomes/codes), and a cached child skips prom-client's per-call
+  // label hashing on the request path.
+  const reqChildren = new Map<string, { inc(): void }>();
+  const durChildren = new Map<string, { observe(v: number): void }>();
+  const authChildren = new Map<string, { observe(v: number): void }>();
+  return {
+    ...m,
+    countRequest(policy: string, outcome: string, code: string): void {
+      const k = `${policy}\u0000${outcome}\u0000${code}`;
+      let c = reqChildren.get(k);
+      if (!c) { c = m.requests.labels({ policy, outcome, code }); reqChildren.set(k, c); }
+      c.inc();
+    },
+    observeRequest(policy: string, seconds: number): void {
+      let c = durChildren.get(policy);
+      if (!c) { c = m.requestDuration.labels({ policy }); durChildren.set(policy, c); }
+      c.observe(seconds);
+    },
+    observeAuth(authenticator: string, seconds: number): void {
+      let c = authChildren.get(authenticator);
+      if (!c) { c = m.authDuration.labels({ authenticator }); authChildren.set(authenticator, c); }
+      c.observe(seconds);
+    },
+  };
 }
 
 export type Metrics = ReturnType<typeof createMetrics>;

@@ -75,8 +75,8 @@ export function createHandler(deps: HandlerDeps) {
   function logAccess(cfg: CompiledConfig, ctx: RequestContext | undefined, id: string, method: string | undefined, d: Decision | undefined, code: ErrorCode | undefined, status: number, t0: number, upstreamMs?: number): void {
     const policy = d?.policy?.name ?? 'none';
     const outcome = code && !d ? 'error' : d?.outcome ?? 'error';
-    metrics.requests.inc({ policy, outcome, code: code ?? '' });
-    metrics.requestDuration.observe({ policy }, (performance.now() - t0) / 1000);
+    metrics.countRequest(policy, outcome, code ?? '');
+    metrics.observeRequest(policy, (performance.now() - t0) / 1000);
     if (!cfg.logging.access) return;
     logger.info({
       msg: 'access', requestId: id, policy, outcome, code, status, method,
@@ -95,7 +95,7 @@ export function createHandler(deps: HandlerDeps) {
     });
   }
 
-  const timed = (auth: { name: string }, s: number) => metrics.authDuration.observe({ authenticator: auth.name }, s);
+  const timed = (auth: { name: string }, s: number) => metrics.observeAuth(auth.name, s);
 
   /** Shared by plain requests and upgrades: the context and decision, or a finished refusal. */
   async function admit(req: IncomingMessage, cfg: CompiledConfig, t0: number, refuse: (code: ErrorCode, id: string, d?: Decision) => void) {

@@ -12,6 +12,8 @@ import { PortcullisServer } from './server.ts';
 import { createEchoServer } from './echo.ts';
 import { writeDevPki } from './tls/pki.ts';
 import { explain, formatExplanation } from './explain.ts';
+import cluster from 'node:cluster';
+import { runPrimary, workerCount, workerHooks } from './cluster.ts';
 import { hashKey, newApiKey } from './authenticators/api-key.ts';
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..');
@@ -90,9 +92,13 @@ function load(file: string): CompiledConfig {
 async function serve(file: string): Promise<void> {
   const cfg = load(file);
   const logger = createLogger(cfg.logging.level);
-  const server = new PortcullisServer({ config: cfg, logger });
+  const clustered = workerCount(cfg) > 1;
+  if (clustered && cluster.isPrimary) { await runPrimary(file, cfg, logger); return; }
+  // A worker serves TLS only: the primary owns the admin port, the file watch and SIGHUP.
+  const server = new PortcullisServer({ config: cfg, logger, adminListen: clustered ? false : undefined, watch: !clustered });
   await server.start();
-  process.on('SIGHUP', () => { logger.info({ msg: 'SIGHUP: reloading config' }); server.reloadFromFile(); });
+  if (clustered) workerHooks(server.metrics.registry, () => server.reloadFromFile()).ready();
+  else process.on('SIGHUP', () => { logger.info({ msg: 'SIGHUP: reloading config' }); server.reloadFromFile(); });
   let stopping = false;
   const stop = (sig: string) => {
     if (stopping) return;

@@ -14,7 +14,7 @@ export function createLogger(level: string, dest?: DestinationStream): Logger {
   return pino(
     {
       level,
-      base: { name: 'portcullis' },
+      base: { name: 'portcullis', pid: process.pid },
       timestamp: pino.stdTimeFunctions.isoTime,
       redact: { paths: REDACT_PATHS, censor: '[redacted]' },
       formatters: { level: (label) => ({ level: label }) },

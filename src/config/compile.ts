@@ -67,8 +67,10 @@ export function compile(raw: RawConfig, opts: CompileOptions): CompiledConfig {
 
   const tls = buildTls(raw.tls, resolvePath, now, issues);
   if (raw.server.workers !== 1) {
-    // Refused rather than ignored: an operator asking for workers must not silently get one.
-    issues.push({ path: ['server', 'workers'], message: 'only 1 worker is supported in this version' });
+    // Nonces must be shared by every worker, or a replay to another worker succeeds.
+    for (const [name, a] of Object.entries(raw.authenticators)) {
+      if ((a as { type: string }).type === 'hmac') issues.push({ path: ['authenticators', name, 'type'], message: 'hmac nonces need state shared between workers: with server.workers other than 1 and store: memory, use workers: 1 (a shared store is not available yet)' });
+    }
   }
 
   const runtime = opts.runtime ?? new Runtime();

@@ -75,7 +75,7 @@ t.test('error classes, each with position and path', async (t) => {
     ['mtls without clientAuth', good.replace(/  clientAuth:\n.*\n.*\n/, ''), /authenticators\.cert\.type: type mtls needs tls\.clientAuth\.ca/],
     ['unset env reference', good.replace('http://127.0.0.1:8080', '${env:PORTCULLIS_TEST_UNSET}'), /^FILE:12:8: \(root\): environment variable PORTCULLIS_TEST_UNSET is not set$/],
     ['no policies', good.slice(0, good.indexOf('policies:')) + 'policies: []\n', /policies: at least one policy is required/],
-    ['workers not supported yet', good.replace('  listen: 127.0.0.1:8443', '  listen: 127.0.0.1:8443\n  workers: auto'), /^FILE:3:12: server\.workers: only 1 worker is supported in this version$/],
+    ['hmac nonces with several workers', good.replace('  listen: 127.0.0.1:8443', '  listen: 127.0.0.1:8443\n  workers: auto').replace('  cert: { type: mtls }', '  cert: { type: mtls }\n  sig: { type: hmac, clients: [ { id: a, secret: "0123456789abcdef0123", subject: a } ] }'), /authenticators\.sig\.type: hmac nonces need state shared between workers/],
     ['CA bundle that is not a CA', good.replace(`ca: ${fx.dir}/ca.crt`, `ca: ${fx.dir}/client-valid.crt`), /tls\.clientAuth\.ca: CN=client-1,OU=payments in .* is not a CA certificate/],
   ];
   for (const [name, text, re] of cases) {

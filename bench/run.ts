@@ -48,6 +48,7 @@ const b64u = (o: unknown) => Buffer.from(JSON.stringify(o)).toString('base64url'
 const now = Math.floor(Date.now() / 1000);
 const jwtInput = `${b64u({ alg: 'RS256', typ: 'JWT', kid: 'bench' })}.${b64u({ sub: 'bench-user', iss: 'https://bench.test', aud: 'bench', scope: 'read', iat: now, exp: now + 86400 })}`;
 const JWT = `${jwtInput}.${sign('sha256', Buffer.from(jwtInput), createPrivateKey(readFileSync(join(W, 'jwt.key')))).toString('base64url')}`;
+writeFileSync(join(W, 'token.txt'), JWT);
 const API_KEY = 'kapi_prod_BenchBenchBenchBenchBenchBench12';
 const HMAC_SECRET = 'bench-hmac-secret-0123456789abcdef';
 const BODY = JSON.stringify({ data: 'x'.repeat(1024 - 12) });

@@ -3,22 +3,12 @@
 // sees a request it should not, and the process keeps serving.
 import t from 'tap';
 import { makeFixture } from '../helpers/pki.ts';
-import { startHarness, rawTls, request, client, baseConfig, type Harness } from '../helpers/harness.ts';
+import { startHarness, rawTls, request, client, baseConfig, OPEN_AND_CERT_POLICIES, type Harness } from '../helpers/harness.ts';
 
 const fx = makeFixture();
 let h: Harness;
 t.before(async () => {
-  h = await startHarness(fx, baseConfig(`
-authenticators:
-  cert: { type: mtls }
-policies:
-  - name: open
-    match: { paths: ["/open/**"] }
-    authenticate: none
-  - name: api
-    match: { paths: ["/api/**"] }
-    authenticate: cert
-`));
+  h = await startHarness(fx, baseConfig(OPEN_AND_CERT_POLICIES()));
 });
 t.teardown(() => h.close());
 

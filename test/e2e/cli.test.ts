@@ -5,19 +5,14 @@ import { spawn, spawnSync } from 'node:child_process';
 import { statSync, writeFileSync, mkdtempSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { tmpdir } from 'node:os';
-import { createServer } from 'node:net';
 import { makeFixture } from '../helpers/pki.ts';
-import { listenUpstream } from '../helpers/harness.ts';
+import { listenUpstream, freePort } from '../helpers/harness.ts';
 
 const BIN = new URL('../../bin/portcullis.js', import.meta.url).pathname;
 const run = (args: string[], input?: string) => spawnSync(process.execPath, [BIN, ...args], { encoding: 'utf8', input, timeout: 30_000 });
 
 const fx = makeFixture();
 const dir = mkdtempSync(join(tmpdir(), 'portcullis-cli-'));
-
-function freePort(): Promise<number> {
-  return new Promise((r) => { const s = createServer(); s.listen(0, '127.0.0.1', () => { const p = (s.address() as { port: number }).port; s.close(() => r(p)); }); });
-}
 
 function config(port: number, admin: number, upstream: number): string {
   const f = join(dir, `p${port}.yaml`);

@@ -7,30 +7,15 @@ import tls from 'node:tls';
 import { spawn } from 'node:child_process';
 import { readFileSync, writeFileSync, mkdirSync, symlinkSync, renameSync, mkdtempSync } from 'node:fs';
 import { join } from 'node:path';
-import { createServer } from 'node:net';
 import { X509Certificate } from 'node:crypto';
 import { makeFixture } from '../helpers/pki.ts';
-import { startHarness, request, client, baseConfig, listenUpstream } from '../helpers/harness.ts';
+import { startHarness, request, client, baseConfig, listenUpstream, OPEN_AND_CERT_POLICIES, freePort, until } from '../helpers/harness.ts';
 import { parseProm, value } from '../helpers/prom.ts';
 import { issue } from '../../src/tls/pki.ts';
 
 const fx = makeFixture();
-const policies = (extra = '') => `
-authenticators:
-  cert: { type: mtls }
-policies:
-  - name: open
-    match: { paths: ["/open/**"] }
-    authenticate: none
-  - name: api
-    match: { paths: ["/api/**"] }
-    authenticate: cert
-${extra}`;
+const policies = OPEN_AND_CERT_POLICIES;
 
-const until = async (what: string, fn: () => boolean, ms = 5000) => {
-  const end = Date.now() + ms;
-  while (!fn()) { if (Date.now() > end) throw new Error(`timed out waiting for ${what}`); await new Promise((r) => setTimeout(r, 25)); }
-};
 
 t.test('/metrics: Prometheus text with counters that move, bounded labels', async (t) => {
   const h = await startHarness(fx, baseConfig(policies()));
@@ -160,8 +145,7 @@ t.test('reload: a replaced certificate file is served on the next handshake; als
 t.test('SIGTERM: in-flight request completes, new connections refused, /readyz 503, exit 0', async (t) => {
   const up = await listenUpstream((req, res) => { setTimeout(() => res.end(`slow ${req.url}`), req.url === '/open/slow' ? 800 : 0); });
   t.teardown(() => { up.server.closeAllConnections(); up.server.close(); });
-  const free = () => new Promise<number>((r) => { const s = createServer(); s.listen(0, '127.0.0.1', () => { const p = (s.address() as { port: number }).port; s.close(() => r(p)); }); });
-  const [port, admin] = [await free(), await free()];
+  const [port, admin] = [await freePort(), await freePort()];
   const dir = mkdtempSync(join(fx.dir, 'drain-'));
   const file = join(dir, 'p.yaml');
   writeFileSync(file, baseConfig(policies(), '  timeouts: { shutdownMs: 10000 }').replace('listen: 127.0.0.1:0', `listen: 127.0.0.1:${port}`).replaceAll('{{PKI}}', fx.dir).replace('{{UPSTREAM}}', `http://127.0.0.1:${up.port}`) + `admin:\n  listen: 127.0.0.1:${admin}\n`);

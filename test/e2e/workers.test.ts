@@ -4,21 +4,15 @@ import t from 'tap';
 import { spawn } from 'node:child_process';
 import { writeFileSync, mkdtempSync } from 'node:fs';
 import { join } from 'node:path';
-import { createServer } from 'node:net';
 import { makeFixture } from '../helpers/pki.ts';
-import { request, client, listenUpstream, baseConfig } from '../helpers/harness.ts';
+import { request, client, listenUpstream, baseConfig, freePort, until } from '../helpers/harness.ts';
 
 const fx = makeFixture();
-const free = () => new Promise<number>((r) => { const s = createServer(); s.listen(0, '127.0.0.1', () => { const p = (s.address() as { port: number }).port; s.close(() => r(p)); }); });
-const until = async (what: string, fn: () => boolean, ms = 15000) => {
-  const end = Date.now() + ms;
-  while (!fn()) { if (Date.now() > end) throw new Error(`timed out waiting for ${what}`); await new Promise((r) => setTimeout(r, 50)); }
-};
 
 t.test('workers: 2 — every worker serves, reload reaches every worker, metrics aggregate, SIGTERM drains all', async (t) => {
   const up = await listenUpstream((req, res) => setTimeout(() => res.end(`ok ${req.url}`), req.url === '/open/slow' ? 700 : 0));
   t.teardown(() => { up.server.closeAllConnections(); up.server.close(); });
-  const [port, admin] = [await free(), await free()];
+  const [port, admin] = [await freePort(), await freePort()];
   const file = join(mkdtempSync(join(fx.dir, 'workers-')), 'p.yaml');
   const yaml = baseConfig(`
 authenticators:

@@ -5,7 +5,7 @@ import tls from 'node:tls';
 import { writeFileSync, mkdtempSync } from 'node:fs';
 import { join } from 'node:path';
 import { Writable } from 'node:stream';
-import type { AddressInfo } from 'node:net';
+import { createServer, type AddressInfo } from 'node:net';
 import type http from 'node:http';
 import { loadConfig } from '../../src/config/load.ts';
 import { createLogger } from '../../src/log.ts';
@@ -162,3 +162,30 @@ upstream:
   url: {{UPSTREAM}}
   timeoutMs: 1000
 ${extra}`;
+
+/** Policies used by several suites: /open/** needs nothing, /api/** a client certificate. */
+export const OPEN_AND_CERT_POLICIES = (extra = '') => `
+authenticators:
+  cert: { type: mtls }
+policies:
+  - name: open
+    match: { paths: ["/open/**"] }
+    authenticate: none
+  - name: api
+    match: { paths: ["/api/**"] }
+    authenticate: cert
+${extra}`;
+
+/** A port that was free a moment ago, for child processes that need a fixed one. */
+export function freePort(): Promise<number> {
+  return new Promise((r) => { const s = createServer(); s.listen(0, '127.0.0.1', () => { const p = (s.address() as AddressInfo).port; s.close(() => r(p)); }); });
+}
+
+/** Poll until `fn` holds, or fail naming `what`. */
+export async function until(what: string, fn: () => boolean, ms = 15_000): Promise<void> {
+  const end = Date.now() + ms;
+  while (!fn()) {
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 25));
+  }
+}

@@ -147,3 +147,14 @@ t.test('keys new prints a kapi_<env>_<32 base62> key once with its hash line; ke
   t.equal(run(['keys', 'new', '--env', 'staging']).status, 2);
   t.not(run(['keys', 'new']).stdout.split('\n')[0], run(['keys', 'new']).stdout.split('\n')[0], 'random');
 });
+
+t.test('check on the shipped example config prints the policy table (after `certs dev` made .demo)', async (t) => {
+  const root = mkdtempSync(join(tmpdir(), 'portcullis-example-'));
+  const repo = new URL('../../', import.meta.url).pathname;
+  spawnSync('cp', ['-r', join(repo, 'config'), join(root, 'config')]);
+  t.equal(run(['certs', 'dev', '--out', join(root, '.demo'), '--hosts', 'localhost,api.localhost']).status, 0);
+  const r = run(['check', '--config', join(root, 'config/portcullis.example.yaml')]);
+  t.equal(r.status, 0, r.stderr);
+  t.match(r.stdout, /2\s+api\s+\*\s+\*\s+\/\*\*\s+any\(spiffe-workloads, client-cert, users-jwt, partner-keys, partner-hmac\)\s+enforce/);
+  t.match(r.stdout, /users-jwt\s+jwt\s+api/);
+});

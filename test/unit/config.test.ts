@@ -115,6 +115,6 @@ t.test('the committed JSON Schema is the one generated from the source', async (
 t.test('the example config is valid', async (t) => {
   // It names files under .demo-like paths; validate the schema part only.
   const { parseConfigText } = await import('../../src/config/load.ts');
-  const text = readFileSync(new URL('../../config/portcullis.example.yaml', import.meta.url), 'utf8');
-  t.doesNotThrow(() => parseConfigText(text, 'portcullis.example.yaml', { JWT_SECRET: 'x', PARTNER_A_SECRET: 'y' }));
+  const path = new URL('../../config/portcullis.example.yaml', import.meta.url).pathname;
+  t.doesNotThrow(() => parseConfigText(readFileSync(path, 'utf8'), path, {}));
 });

@@ -24,6 +24,8 @@ const schema = z.strictObject({
   from: tokenSource.default({ header: 'Authorization', scheme: 'Bearer' }),
   issuer: stringOrList.optional(),
   audience: stringOrList.optional(),
+  /** Accept tokens minted for any audience. Off by default: set `audience`, or say so. */
+  anyAudience: z.boolean().default(false),
   /** Required; "none" is not a member of either list, so it can never be configured. */
   algorithms: z.array(z.enum([...HMAC_ALGS, ...ASYMMETRIC_ALGS])).min(1),
   secret: z.string().min(1).optional(),
@@ -104,6 +106,10 @@ export const jwt = defineAuthenticator({
   schema,
   create(cfg, ctx) {
     const base = ['authenticators', ctx.name];
+    if (cfg.audience === undefined && !cfg.anyAudience) {
+      throw new ConfigError([{ path: [...base, 'audience'], message: 'required: the audience this API accepts (or anyAudience: true to accept tokens minted for any audience)' }]);
+    }
+    if (cfg.audience !== undefined && cfg.anyAudience) throw new ConfigError([{ path: [...base, 'anyAudience'], message: 'anyAudience: true and audience exclude each other' }]);
     const hmac = cfg.algorithms.filter((a) => (HMAC_ALGS as readonly string[]).includes(a));
     // Key confusion (RS256 -> HS256 with the public key as secret) is impossible by construction:
     // an authenticator has either a secret and HMAC algorithms, or keys and asymmetric ones.

@@ -26,7 +26,7 @@ const jwksUrl = `http://127.0.0.1:${(jwks.address() as { port: number }).port}/j
 
 const cfg = `
 authenticators:
-  remote: { type: jwt, issuer: https://auth.example.com, algorithms: [RS256], jwks: { url: "${jwksUrl}", timeoutMs: 500, cooldownMs: 0 } }
+  remote: { type: jwt, issuer: https://auth.example.com, anyAudience: true, algorithms: [RS256], jwks: { url: "${jwksUrl}", timeoutMs: 500, cooldownMs: 0 } }
 policies:
   - name: api
     match: { paths: ["/api/**"] }

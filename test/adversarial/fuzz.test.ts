@@ -52,7 +52,7 @@ async function neverThrowsNeverAllows(t: any, a: Authenticator, arb: fc.Arbitrar
 }
 
 t.test('JWT: random and structurally plausible tokens', async (t) => {
-  const a = create({ type: 'jwt', algorithms: ['RS256'], jwks: { file: 'jwks.json' } });
+  const a = create({ type: 'jwt', algorithms: ['RS256'], jwks: { file: 'jwks.json' }, anyAudience: true });
   const jsonish = fc.oneof(fc.json(), fc.constantFrom('{"alg":"none"}', '{"alg":"RS256","kid":"k1"}', '{"alg":"HS256","kid":"k1"}', '{"alg":"RS256","crit":["b64"],"b64":false}', '{"alg":"RS256","jwk":{}}'));
   const token = fc.oneof(
     anyText,
@@ -121,7 +121,7 @@ t.test('through the live proxy: random credentials never produce a 5xx or reach 
   writeFileSync(join(fx.dir, 'jwks.json'), readFileSync(join(dir, 'jwks.json')));
   const h = await startHarness(fx, baseConfig(`
 authenticators:
-  j: { type: jwt, algorithms: [RS256], jwks: { file: ${fx.dir}/jwks.json } }
+  j: { type: jwt, algorithms: [RS256], anyAudience: true, jwks: { file: ${fx.dir}/jwks.json } }
   k: { type: apiKey, keys: [ { id: k, hash: "sha256:${'a'.repeat(64)}", subject: s } ] }
   s: { type: hmac, clients: [ { id: c1, secret: "${'x'.repeat(32)}", subject: s } ] }
 policies:

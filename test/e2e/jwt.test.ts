@@ -3,7 +3,7 @@
 // remote JWKS, certificate-bound tokens (RFC 8705).
 import t from 'tap';
 import http from 'node:http';
-import { writeFileSync } from 'node:fs';
+import { writeFileSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { generateKeyPairSync, createHash, sign, X509Certificate } from 'node:crypto';
 import jsonwebtoken from 'jsonwebtoken';
@@ -54,17 +54,20 @@ authenticators:
     clockToleranceSec: 5
   remote-jwt:
     type: jwt
+    anyAudience: true
     issuer: https://auth.example.com
     algorithms: [RS256]
     jwks: { url: "http://127.0.0.1:${jwksPort}/jwks.json", cooldownMs: 0, timeoutMs: 1000 }
   wallet:
     type: jwt
+    anyAudience: true
     from: { header: X-Molly-Wallet-Token }
     issuer: https://auth.example.com
     algorithms: [RS256]
     jwks: { file: ${fx.dir}/jwks.json }
   session:
     type: jwt
+    anyAudience: true
     from: { cookie: session }
     issuer: https://auth.example.com
     algorithms: [RS256]
@@ -72,6 +75,7 @@ authenticators:
     scopesClaim: permissions
   bound:
     type: jwt
+    anyAudience: true
     issuer: https://auth.example.com
     algorithms: [RS256]
     jwks: { file: ${fx.dir}/jwks.json }
@@ -252,6 +256,13 @@ t.test('remote JWKS: a key rotated in after start is used without a restart; las
   const metrics = await fetch(`http://127.0.0.1:${h.adminPort}/metrics`).then((x) => x.text());
   t.match(metrics, /portcullis_jwks_refresh_total\{result="success"\} [1-9]/);
   t.match(metrics, /portcullis_jwks_refresh_total\{result="failure"\} [1-9]/);
+});
+
+t.test('audience is required unless anyAudience says so', async (t) => {
+  const { loadConfig } = await import('../../src/config/load.ts');
+  const f = join(fx.dir, 'noaud.yaml');
+  writeFileSync(f, readFileSync(h.configFile, 'utf8').replace('    anyAudience: true\n', ''));
+  t.throws(() => loadConfig(f), /authenticators\.remote-jwt\.audience: required/);
 });
 
 t.test('nothing secret in the logs', async (t) => {

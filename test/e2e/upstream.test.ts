@@ -59,6 +59,8 @@ t.test('bodies are streamed byte-for-byte', async (t) => {
   const r = await request(h, fx, { method: 'POST', path: '/upload', body: body.toString('latin1'), headers: { 'content-type': 'application/octet-stream' } });
   t.equal(r.status, 200);
   t.equal(r.json.bodyBytes, Buffer.byteLength(body.toString('latin1'), 'utf8'), 'upstream got every byte');
+  t.equal(h.seen.at(-1)!.headers.host, 'a.test', 'the Host the client sent is kept');
+  t.equal(h.seen.at(-1)!.headers['content-type'], 'application/octet-stream');
 });
 
 function wsUpgrade(port: number, path: string, c?: { cert: string; key: string }): Promise<{ head: string; echo?: string }> {

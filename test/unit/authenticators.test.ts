@@ -42,7 +42,7 @@ writeFileSync(join(dir, 'jwks.json'), JSON.stringify({ keys: [pub(json('jws/rfc7
 // A minimal valid config per registered type, and a request carrying garbage of its kind.
 const CONTRACT: Record<string, { cfg: Record<string, unknown>; garbage: AuthRequest['headers']; codes: string[] }> = {
   mtls: { cfg: { type: 'mtls' }, garbage: {}, codes: ['AUTH_010'] },
-  jwt: { cfg: { type: 'jwt', algorithms: ['RS256'], jwks: { file: 'jwks.json' } }, garbage: { authorization: 'Bearer %%%.garbage' }, codes: ['AUTH_003'] },
+  jwt: { cfg: { type: 'jwt', algorithms: ['RS256'], jwks: { file: 'jwks.json' }, anyAudience: true }, garbage: { authorization: 'Bearer %%%.garbage' }, codes: ['AUTH_003'] },
   apiKey: { cfg: { type: 'apiKey', keys: [{ id: 'k', hash: `sha256:${'0'.repeat(64)}`, subject: 's' }] }, garbage: { 'x-api-key': '\u0000\u00ff garbage' }, codes: ['AUTH_004'] },
   hmac: { cfg: { type: 'hmac', clients: [{ id: 'c', secret: 'x'.repeat(32), subject: 's' }] }, garbage: { 'x-api-key': 'c', 'x-signature': 'zz', 'x-timestamp': 'yesterday', 'x-nonce': 'n' }, codes: ['AUTH_003'] },
 };
@@ -70,9 +70,9 @@ t.test('RFC 7515 Appendix A through the jwt authenticator (clock pinned before e
   writeFileSync(join(dir, 'a3.json'), JSON.stringify({ keys: [pub(cases['A.3'].jwk)] }));
   const k = Buffer.from(hs.jwk.k, 'base64url');
   const auths = {
-    'A.1': create({ type: 'jwt', algorithms: ['HS256'], secret: k.toString('base64url'), secretEncoding: 'base64url', issuer: 'joe' }),
-    'A.2': create({ type: 'jwt', algorithms: ['RS256'], jwks: { file: 'jwks.json' }, issuer: 'joe' }),
-    'A.3': create({ type: 'jwt', algorithms: ['ES256'], jwks: { file: 'a3.json' }, issuer: 'joe' }),
+    'A.1': create({ type: 'jwt', algorithms: ['HS256'], secret: k.toString('base64url'), secretEncoding: 'base64url', issuer: 'joe', anyAudience: true }),
+    'A.2': create({ type: 'jwt', algorithms: ['RS256'], jwks: { file: 'jwks.json' }, issuer: 'joe', anyAudience: true }),
+    'A.3': create({ type: 'jwt', algorithms: ['ES256'], jwks: { file: 'a3.json' }, issuer: 'joe', anyAudience: true }),
   };
   for (const [id, a] of Object.entries(auths)) {
     const tok = cases[id].compact;
@@ -97,8 +97,8 @@ t.test('RFC 7520 §4: valid signatures over non-JWT payloads are not tokens', as
     const { payload } = await compactVerify(v.output.compact, key);
     t.equal(Buffer.from(payload).toString(), v.input.payload, `${f}: the vector verifies`);
     const cfg = v.input.alg.startsWith('HS')
-      ? { type: 'jwt', algorithms: [v.input.alg], secret: v.input.key.k, secretEncoding: 'base64url' }
-      : (writeFileSync(join(dir, 'c.json'), JSON.stringify({ keys: [pub(v.input.key)] })), { type: 'jwt', algorithms: [v.input.alg], jwks: { file: 'c.json' } });
+      ? { type: 'jwt', algorithms: [v.input.alg], secret: v.input.key.k, secretEncoding: 'base64url', anyAudience: true }
+      : (writeFileSync(join(dir, 'c.json'), JSON.stringify({ keys: [pub(v.input.key)] })), { type: 'jwt', algorithms: [v.input.alg], jwks: { file: 'c.json' }, anyAudience: true });
     const r = await create(cfg).verify(req({ headers: { authorization: `Bearer ${v.output.compact}` } }));
     t.same(r.kind === 'deny' && r.code, 'AUTH_003', `${f}: refused as a JWT (payload is not a claims set)`);
   }

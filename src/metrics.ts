@@ -16,7 +16,7 @@ export function createMetrics() {
     requests: new Counter({ name: `${p}requests_total`, help: 'Requests by policy, outcome (allow, deny, would_deny, error) and code', labelNames: ['policy', 'outcome', 'code'], registers: [registry] }),
     requestDuration: new Histogram({ name: `${p}request_duration_seconds`, help: 'Time from request head to response end', labelNames: ['policy'], buckets: REQUEST_BUCKETS, registers: [registry] }),
     authDuration: new Histogram({ name: `${p}auth_duration_seconds`, help: 'Time spent in each authenticator', labelNames: ['authenticator'], buckets: AUTH_BUCKETS, registers: [registry] }),
-    upstreamDuration: new Histogram({ name: `${p}upstream_duration_seconds`, help: 'Time from forwarding to the upstream response head', buckets: REQUEST_BUCKETS, registers: [registry] }),
+    upstreamDuration: new Histogram({ name: `${p}upstream_duration_seconds`, help: 'Time from forwarding to the upstream until its response was relayed in full', buckets: REQUEST_BUCKETS, registers: [registry] }),
     tlsHandshakes: new Counter({ name: `${p}tls_handshakes_total`, help: 'TLS handshakes by SNI name (as configured, or "other"/"none") and result', labelNames: ['sni', 'result'], registers: [registry] }),
     clientCertVerifications: new Counter({ name: `${p}client_cert_verifications_total`, help: 'Client certificates seen at handshake, by verification result', labelNames: ['result'], registers: [registry] }),
     certExpiry: new Gauge({ name: `${p}certificate_expiry_timestamp_seconds`, help: 'notAfter of server certificates and client CAs, nextUpdate of CRLs', labelNames: ['name', 'role'], aggregator: 'max', registers: [registry] }),

@@ -110,7 +110,9 @@ export function createHandler(deps: HandlerDeps) {
     const ctx = c.ctx;
     const policy = policyFor(cfg, ctx);
     let body: Buffer | undefined;
-    if (policy?.needsBody) {
+    if (policy?.needsBody && req.headers.upgrade !== undefined) {
+      body = Buffer.alloc(0); // an upgrade request has no body to wait for
+    } else if (policy?.needsBody) {
       const b = await readBody(req, cfg.server.maxBodyBytes);
       if (b === 'too-large' || b === 'aborted') {
         if (b === 'too-large') logger.info({ msg: 'body too large', requestId: ctx.id, policy: policy.name, limit: cfg.server.maxBodyBytes });

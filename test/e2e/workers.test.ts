@@ -5,7 +5,7 @@ import { spawn } from 'node:child_process';
 import { writeFileSync, mkdtempSync } from 'node:fs';
 import { join } from 'node:path';
 import { makeFixture } from '../helpers/pki.ts';
-import { request, client, listenUpstream, baseConfig, freePort, until } from '../helpers/harness.ts';
+import { request, client, listenUpstream, baseConfig, freePort, until, OPEN_AND_CERT_POLICIES } from '../helpers/harness.ts';
 
 const fx = makeFixture();
 
@@ -14,19 +14,7 @@ t.test('workers: 2 — every worker serves, reload reaches every worker, metrics
   t.teardown(() => { up.server.closeAllConnections(); up.server.close(); });
   const [port, admin] = [await freePort(), await freePort()];
   const file = join(mkdtempSync(join(fx.dir, 'workers-')), 'p.yaml');
-  const yaml = baseConfig(`
-authenticators:
-  cert: { type: mtls }
-policies:
-  - name: open
-    match: { paths: ["/open/**"] }
-    authenticate: none
-  - name: api
-    match: { paths: ["/api/**"] }
-    authenticate: cert
-admin:
-  listen: 127.0.0.1:${admin}
-`, '  workers: 2\n  timeouts: { shutdownMs: 8000 }').replace('listen: 127.0.0.1:0', `listen: 127.0.0.1:${port}`).replaceAll('{{PKI}}', fx.dir).replace('{{UPSTREAM}}', `http://127.0.0.1:${up.port}`);
+  const yaml = baseConfig(OPEN_AND_CERT_POLICIES(`admin:\n  listen: 127.0.0.1:${admin}\n`), '  workers: 2\n  timeouts: { shutdownMs: 8000 }').replace('listen: 127.0.0.1:0', `listen: 127.0.0.1:${port}`).replaceAll('{{PKI}}', fx.dir).replace('{{UPSTREAM}}', `http://127.0.0.1:${up.port}`);
   writeFileSync(file, yaml);
   const child = spawn(process.execPath, [new URL('../../bin/portcullis.js', import.meta.url).pathname, 'serve', '--config', file], { stdio: ['ignore', 'pipe', 'inherit'] });
   let out = '';

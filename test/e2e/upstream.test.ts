@@ -149,3 +149,28 @@ t.test('the response announces what the server does with the connection: close w
   const k = await request(h, fx, { path: '/x', headers: { connection: 'keep-alive' } });
   t.equal(k.headers.connection, 'keep-alive');
 });
+
+t.test('forwarding edge cases: HEAD, 204, several Set-Cookie, Expect: 100-continue, an upstream path prefix', async (t) => {
+  const h = await startHarness(fx, baseConfig(policies), {
+    upstreamHandler: (req, res) => {
+      if (req.url?.endsWith('/empty')) { res.writeHead(204); res.end(); return; }
+      if (req.url?.endsWith('/cookies')) { res.setHeader('set-cookie', ['a=1; Path=/', 'b=2; Path=/']); res.end('c'); return; }
+      let n = 0;
+      req.on('data', (d: Buffer) => { n += d.length; });
+      req.on('end', () => { res.writeHead(200, { 'content-type': 'text/plain', 'x-seen-url': req.url ?? '' }); res.end(req.method === 'HEAD' ? undefined : `got ${n}`); });
+    },
+  });
+  t.teardown(() => h.close());
+  const head = await request(h, fx, { method: 'HEAD', path: '/x' });
+  t.same([head.status, head.body], [200, '']);
+  t.equal((await request(h, fx, { path: '/empty' })).status, 204);
+  const c = await request(h, fx, { path: '/cookies' });
+  t.same(c.headers['set-cookie'], ['a=1; Path=/', 'b=2; Path=/'], 'both cookies');
+  const cont = await request(h, fx, { method: 'POST', path: '/upload', headers: { expect: '100-continue', 'content-length': '5' }, body: 'hello' });
+  t.same([cont.status, cont.body], [200, 'got 5'], 'a 100-continue upload arrives whole');
+
+  const prefixed = await startHarness(fx, baseConfig(policies).replace('url: {{UPSTREAM}}', 'url: {{UPSTREAM}}/base'));
+  t.teardown(() => prefixed.close());
+  await request(prefixed, fx, { path: '/x?y=1' });
+  t.equal(prefixed.seen.at(-1)!.url, '/base/x?y=1', 'the upstream URL path is a prefix');
+});

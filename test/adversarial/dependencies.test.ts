@@ -91,3 +91,42 @@ t.test('a client that leaves during authentication: nothing forwarded, no leaked
   t.ok(handles1 <= handles0 + 1, `open handles ${handles0} -> ${handles1}`);
   mode = 'up';
 });
+
+t.test('remote JWKS over https with its own CA (jwks.ca); an untrusted JWKS server is never used', async (t) => {
+  const { writeFileSync } = await import('node:fs');
+  const { join } = await import('node:path');
+  const jwksBody = JSON.stringify({ keys: [{ ...(await exportJWK(rsa.publicKey)), kid: 'k1', alg: 'RS256' }] });
+  const { issue } = await import('../../src/tls/pki.ts');
+  const ipCert = issue({ cn: '127.0.0.1', issuer: fx.ca, ips: ['127.0.0.1'], eku: ['serverAuth'] });
+  const tlsJwks = https.createServer({ cert: ipCert.certPem + fx.ca.certPem, key: ipCert.keyPem }, (_q, s) => s.end(jwksBody));
+  await new Promise<void>((r) => tlsJwks.listen(0, '127.0.0.1', () => r()));
+  t.teardown(() => { tlsJwks.closeAllConnections(); tlsJwks.close(); });
+  const port = (tlsJwks.address() as { port: number }).port;
+  writeFileSync(join(fx.dir, 'jwks-ca.pem'), fx.ca.certPem);
+  const mk = (ca: string) => `
+authenticators:
+  remote: { type: jwt, issuer: https://auth.example.com, anyAudience: true, algorithms: [RS256], jwks: { url: "https://127.0.0.1:${port}/jwks", ca: ${ca}, timeoutMs: 1000, cooldownMs: 0 } }
+policies:
+  - name: api
+    match: { paths: ["/api/**"] }
+    authenticate: remote
+`;
+  const good = await startHarness(fx, baseConfig(mk(`${fx.dir}/jwks-ca.pem`)));
+  t.teardown(() => good.close());
+  const r = await request(good, fx, { path: '/api/x', headers: { authorization: `Bearer ${token}` } });
+  t.equal(r.status, 200, 'keys fetched over https, verified against jwks.ca');
+  writeFileSync(join(fx.dir, 'other-ca.pem'), fx.forgedCa.certPem);
+  const bad = await startHarness(fx, baseConfig(mk(`${fx.dir}/other-ca.pem`)));
+  t.teardown(() => bad.close());
+  const r2 = await request(bad, fx, { path: '/api/x', headers: { authorization: `Bearer ${token}` } });
+  t.same([r2.status, r2.json.error.code], [503, 'INTERNAL'], 'a JWKS server the CA does not vouch for gives no keys');
+  t.ok(bad.logs.some((l) => l.msg === 'JWKS fetch failed; keeping the last good keys' && /certificate|self.signed|verify/i.test(l.reason)), 'the TLS failure is logged');
+  // A certificate from the right CA for another name is refused too (hostname checked).
+  const wrongName = https.createServer({ cert: fx.servers.a.certPem + fx.ca.certPem, key: fx.servers.a.keyPem }, (_q, s) => s.end(jwksBody));
+  await new Promise<void>((r) => wrongName.listen(0, '127.0.0.1', () => r()));
+  t.teardown(() => { wrongName.closeAllConnections(); wrongName.close(); });
+  const named = await startHarness(fx, baseConfig(mk(`${fx.dir}/jwks-ca.pem`).replace(`127.0.0.1:${port}`, `127.0.0.1:${(wrongName.address() as { port: number }).port}`)));
+  t.teardown(() => named.close());
+  const r3 = await request(named, fx, { path: '/api/x', headers: { authorization: `Bearer ${token}` } });
+  t.same([r3.status, r3.json.error.code], [503, 'INTERNAL'], 'a JWKS certificate for another host name gives no keys');
+});

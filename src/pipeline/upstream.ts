@@ -12,8 +12,6 @@ import type { CompiledConfig } from '../config/compile.ts';
 
 export type UpstreamFailure = 'UPSTREAM_UNAVAILABLE' | 'UPSTREAM_TIMEOUT';
 
-const TIMEOUT = 'PORTCULLIS_UPSTREAM_TIMEOUT';
-
 export class Upstream {
   readonly key: string;
   readonly #proxy: ProxyServer;
@@ -36,23 +34,8 @@ export class Upstream {
       bodyTimeout: cfg.timeoutMs,
       ...(tlsUpstream && cfg.ca ? { connect: { ca: cfg.ca } } : {}),
     });
+    // http-proxy-3 carries WebSocket upgrades only.
     this.#proxy = createProxyServer({ target: cfg.url.href, agent: this.#agent, xfwd: false, secure: true, ca: cfg.ca, ws: true });
-    // The upstream's hop-by-hop response headers describe its connection to us, not ours to the client.
-    this.#proxy.on('proxyRes', (proxyRes, _req, res) => {
-      // An upstream that dies mid-response: cut the client's connection too, so it
-      // sees a truncated response rather than waiting for bytes that never come.
-      proxyRes.once('close', () => { if (!proxyRes.complete && !res.destroyed) res.destroy(); });
-      const h = proxyRes.headers;
-      const nominated = h.connection ? String(h.connection).split(',').map((t) => t.trim().toLowerCase()) : [];
-      for (const name of [...nominated, 'keep-alive', 'proxy-connection', 'connection']) if (name !== 'upgrade') delete h[name];
-      // Say what this server will really do with the client's connection (http-proxy-3
-      // would otherwise guess from the request's Connection header, which we strip).
-      if (proxyRes.statusCode !== 101) h.connection = (res as http.ServerResponse).shouldKeepAlive ? 'keep-alive' : 'close';
-    });
-    const timeoutMs = cfg.timeoutMs;
-    this.#proxy.on('proxyReq', (proxyReq) => {
-      proxyReq.setTimeout(timeoutMs, () => proxyReq.destroy(Object.assign(new Error('upstream timed out'), { code: TIMEOUT })));
-    });
   }
 
   /**

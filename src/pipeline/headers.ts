@@ -29,8 +29,20 @@ function xfccValue(v: string): string {
   return /[,;="\s\\]/.test(v) ? `"${v.replace(/["\\]/g, '\\$&')}"` : v;
 }
 
+// A certificate's XFCC element never changes; certificates are parsed once and
+// cached (tls/peer.ts), so build the element once per certificate, not per request.
+const xfccCache = new WeakMap<PeerCert, string>();
+
 /** Envoy's X-Forwarded-Client-Cert element for one certificate. */
 export function xfcc(cert: PeerCert): string {
+  const hit = xfccCache.get(cert);
+  if (hit !== undefined) return hit;
+  const value = buildXfcc(cert);
+  xfccCache.set(cert, value);
+  return value;
+}
+
+function buildXfcc(cert: PeerCert): string {
   const parts = [`Hash=${cert.fingerprint}`, `Subject=${xfccValue(cert.subject)}`];
   for (const u of cert.uris) parts.push(`URI=${xfccValue(u)}`);
   for (const d of cert.dns) parts.push(`DNS=${xfccValue(d)}`);

@@ -113,7 +113,7 @@ logging: { level: warn, access: false }
 `);
   return f;
 };
-const pc = (cfg: string) => () => startPinned(process.execPath, [join(ROOT, 'bin/portcullis.js'), 'serve', '--config', cfg]);
+const pc = (cfg: string) => () => startPinned(process.execPath, ['--max-semi-space-size=16', join(ROOT, 'bin/portcullis.js'), 'serve', '--config', cfg]);
 const TARGETS: Target[] = [
   { name: 'direct', label: 'direct to upstream (ceiling, plain HTTP)', scheme: 'http', mtls: false, start: () => startPinned('true', []) },
   { name: 'nginx', label: 'nginx mTLS proxy', scheme: 'https', mtls: true, start: () => startPinned('nginx', ['-c', nginxConf('nginx', `upstream up { server 127.0.0.1:${PORTS.upstream}; keepalive 64; }

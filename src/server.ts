@@ -37,7 +37,7 @@ export class PortcullisServer {
   readonly #conns = new WeakMap<TLSSocket, ConnectionInfo>();
   readonly #sockets = new Set<Socket>();
   readonly #upgraded = new Set<Duplex>();
-  #inFlight = 0;
+  #inFlight: () => number = () => 0;
   #accepting = true;
   #ready = false;
   readonly #opts: ServerOptions;
@@ -112,14 +112,8 @@ export class PortcullisServer {
       now: this.now,
       accepting: () => this.#accepting,
     });
-    this.#https.on('request', (req: http.IncomingMessage, res: http.ServerResponse) => {
-      this.#inFlight++;
-      res.once('close', () => { this.#inFlight--; });
-      handler.onRequest(req, res).catch((e: Error) => {
-        this.logger.error({ msg: 'unhandled error in request handler', err: { message: e.message, stack: e.stack } });
-        handler.sendError(res, 'INTERNAL', 'internal');
-      });
-    });
+    this.#inFlight = handler.inFlight;
+    this.#https.on('request', handler.onRequest);
     this.#https.on('upgrade', (req: http.IncomingMessage, socket: Duplex, head: Buffer) => {
       this.#upgraded.add(socket);
       socket.once('close', () => this.#upgraded.delete(socket));
@@ -241,7 +235,7 @@ export class PortcullisServer {
     const deadline = Date.now() + this.#config.server.timeouts.shutdownMs;
     const closed = new Promise<void>((r) => this.#https.close(() => r()));
     this.#https.closeIdleConnections();
-    while ((this.#inFlight > 0 || this.#upgraded.size > 0) && Date.now() < deadline) {
+    while ((this.#inFlight() > 0 || this.#upgraded.size > 0) && Date.now() < deadline) {
       await new Promise((r) => setTimeout(r, 25));
       this.#https.closeIdleConnections();
     }

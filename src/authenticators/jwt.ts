@@ -1,6 +1,6 @@
 // type: jwt — bearer tokens verified with jose against a shared secret, a local
-// JWKS file or a remote JWKS. Verified tokens are cached by digest until exp.
-import { createHash, createSecretKey } from 'node:crypto';
+// JWKS file or a remote JWKS. Verified tokens are cached (keyed by the whole token) until exp.
+import { createSecretKey } from 'node:crypto';
 import { z } from 'zod';
 import { LRUCache } from 'lru-cache';
 import { jwtVerify, createLocalJWKSet, type JWTPayload, type JSONWebKeySet, type JWTVerifyGetKey } from 'jose';
@@ -148,6 +148,9 @@ export const jwt = defineAuthenticator({
     const cache = cfg.cache.maxEntries > 0 ? new LRUCache<string, Verified>({ max: cfg.cache.maxEntries }) : undefined;
     const tolMs = cfg.clockToleranceSec * 1000;
     const credentialHeaders = cfg.forward ? [] : 'cookie' in cfg.from ? [] : [cfg.from.header.toLowerCase()];
+    const header = 'cookie' in cfg.from ? undefined : cfg.from.header.toLowerCase();
+    const prefix = 'cookie' in cfg.from || !cfg.from.scheme ? '' : `${cfg.from.scheme} `;
+    const prefixLower = prefix.toLowerCase();
 
     async function verifyToken(token: string, now: number): Promise<Verified | Verdict> {
       try {
@@ -183,32 +186,45 @@ export const jwt = defineAuthenticator({
       credentialHeaders,
       challenge: 'Bearer error="invalid_token"',
       start() { if (remote && !remote.loaded) void remote.refresh(); },
-      async verify(req): Promise<Verdict> {
+      // Synchronous for a token verified before (the cache); a first sighting waits for the signature check.
+      verify(req): Verdict | Promise<Verdict> {
+        if (cache && header) {
+          // Fast path: the header holds exactly a token verified before (cache keys are
+          // whole verified tokens, so a hit needs no further parsing).
+          const raw = req.headers[header];
+          if (typeof raw === 'string' && raw.length > prefix.length && (raw.startsWith(prefix) || raw.slice(0, prefix.length).toLowerCase() === prefixLower)) {
+            const hit = cache.get(raw.slice(prefix.length));
+            if (hit && hit.expMs + tolMs > req.now) return accept(hit, req);
+          }
+        }
         const found = extract(req, cfg.from);
         if ('kind' in found) return found;
         const token = found.token;
         if (token.length > cfg.maxTokenBytes) return deny('AUTH_003', `token is ${token.length} bytes, over maxTokenBytes`);
         if (!COMPACT.test(token)) return deny('AUTH_003', 'not a compact JWS (three base64url parts)');
-        const digest = cache ? createHash('sha256').update(token).digest('base64url') : '';
-        let v = cache?.get(digest);
-        if (v && v.expMs + tolMs <= req.now) { cache!.delete(digest); v = undefined; }
-        if (!v) {
-          const r = await verifyToken(token, req.now);
+        const v = cache?.get(token);
+        if (v && v.expMs + tolMs > req.now) return accept(v, req);
+        if (v) cache!.delete(token);
+        return verifyToken(token, req.now).then((r) => {
           if ('kind' in r) return r;
-          v = r;
-          if (cache) cache.set(digest, v);
-        }
-        if (cfg.certificateBound) {
-          const cnf = v.payload.cnf as Record<string, unknown> | undefined;
-          const want = cnf?.['x5t#S256'];
-          const cc = req.conn.clientCert;
-          if (typeof want !== 'string') return deny('AUTH_001', 'token is not certificate-bound (no cnf["x5t#S256"])');
-          if (!cc.present) return deny('AUTH_010', 'certificate-bound token without a client certificate');
-          if (!cc.verified || !cc.cert) return deny('AUTH_010', `certificate-bound token with a refused client certificate (${cc.problem})`);
-          if (cc.cert.x5tS256 !== want) return deny('AUTH_001', 'token is bound to a different client certificate');
-        }
-        return allow({ subject: v.subject, scopes: v.scopes, claims: v.payload }, 'token verified');
+          cache?.set(token, r);
+          return accept(r, req);
+        });
       },
     };
+
+    /** A verified token (fresh or cached) is accepted: checks that depend on this request. */
+    function accept(v: Verified, req: AuthRequest): Verdict {
+      if (cfg.certificateBound) {
+        const cnf = v.payload.cnf as Record<string, unknown> | undefined;
+        const want = cnf?.['x5t#S256'];
+        const cc = req.conn.clientCert;
+        if (typeof want !== 'string') return deny('AUTH_001', 'token is not certificate-bound (no cnf["x5t#S256"])');
+        if (!cc.present) return deny('AUTH_010', 'certificate-bound token without a client certificate');
+        if (!cc.verified || !cc.cert) return deny('AUTH_010', `certificate-bound token with a refused client certificate (${cc.problem})`);
+        if (cc.cert.x5tS256 !== want) return deny('AUTH_001', 'token is bound to a different client certificate');
+      }
+      return allow({ subject: v.subject, scopes: v.scopes, claims: v.payload }, 'token verified');
+    }
   },
 });

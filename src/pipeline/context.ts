@@ -92,12 +92,15 @@ export function buildContext(head: RequestHead, conn: ConnectionInfo, cfg: Compi
     return fail('BAD_REQUEST', 'Transfer-Encoding in an HTTP/1.0 request');
   }
   let hostCount = 0;
-  for (let i = 0; i < head.rawHeaders.length; i += 2) if (head.rawHeaders[i]!.toLowerCase() === 'host') hostCount++;
+  for (let i = 0; i < head.rawHeaders.length; i += 2) {
+    const name = head.rawHeaders[i]!;
+    if (name.length === 4 && name.toLowerCase() === 'host') hostCount++;
+  }
   if (hostCount > 1) return fail('BAD_REQUEST', 'more than one Host header');
 
   let target = head.url ?? '';
   let authority = head.headers.host ?? '';
-  const abs = /^https?:\/\/([^/?#]*)(.*)$/i.exec(target);
+  const abs = target[0] === '/' ? null : /^https?:\/\/([^/?#]*)(.*)$/i.exec(target);
   if (abs) {
     // RFC 9112 §3.2.2: the absolute-form authority replaces Host.
     authority = abs[1]!;

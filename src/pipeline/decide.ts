@@ -6,7 +6,7 @@ import type { CompiledConfig } from '../config/compile.ts';
 import type { Authenticator, AuthRequest } from '../authenticators/types.ts';
 import type { RequestContext } from './context.ts';
 import { inList, matchPolicy, type CompiledPolicy } from './match.ts';
-import { evaluate, type TraceEntry } from './requirements.ts';
+import { evaluate, isPromise, type MaybePromise, type TraceEntry, type TreeResult } from './requirements.ts';
 import { mergeIdentity, type Identity } from './identity.ts';
 
 export interface Decision {
@@ -40,26 +40,30 @@ export function policyFor(cfg: CompiledConfig, ctx: RequestContext): CompiledPol
   return matchPolicy(cfg.policies, ctx.host, ctx.path, ctx.method);
 }
 
-export async function decide(cfg: CompiledConfig, ctx: RequestContext, now: number, o: DecideOptions = {}): Promise<Decision> {
+/** The decision; synchronous when every authenticator consulted answers synchronously. */
+export function decide(cfg: CompiledConfig, ctx: RequestContext, now: number, o: DecideOptions = {}): MaybePromise<Decision> {
   const policy = o.policy ?? policyFor(cfg, ctx);
   const timed = o.timed ?? noTiming;
   if (!policy) return { outcome: 'deny', code: 'AUTH_011', status: 403, reason: `no policy matches ${ctx.method} ${ctx.host ?? '(no host)'}${ctx.path}`, trace: [] };
 
   const trace: TraceEntry[] = [];
-  const refuse = (code: AuthCode, reason: string, identity?: Identity): Decision => {
-    const status = code === 'AUTH_002' ? policy.expiredStatus : ERRORS[code].status;
-    return { policy, outcome: policy.reportOnly ? 'would_deny' : 'deny', code, status, reason, identity, trace };
-  };
-
-  if (policy.denyIps && inList(policy.denyIps, ctx.clientIp)) return refuse('AUTH_005', `client IP ${ctx.clientIp} is in denyIps`);
-  if (policy.allowIps && !inList(policy.allowIps, ctx.clientIp)) return refuse('AUTH_005', `client IP ${ctx.clientIp} is not in allowIps`);
+  if (policy.denyIps && inList(policy.denyIps, ctx.clientIp)) return refuse(policy, trace, 'AUTH_005', `client IP ${ctx.clientIp} is in denyIps`);
+  if (policy.allowIps && !inList(policy.allowIps, ctx.clientIp)) return refuse(policy, trace, 'AUTH_005', `client IP ${ctx.clientIp} is not in allowIps`);
 
   const req: AuthRequest = { conn: ctx.conn, method: ctx.method, path: ctx.path, query: ctx.query, headers: ctx.headers, authority: ctx.authority, clientIp: ctx.clientIp, now, body: o.body };
-  const result = await evaluate(policy.requirement, req, trace, timed);
-  if (result.kind !== 'allow') return refuse(result.code, result.reason);
+  const result = evaluate(policy.requirement, req, trace, timed);
+  return isPromise(result) ? result.then((r) => conclude(policy, trace, r)) : conclude(policy, trace, result);
+}
 
+function refuse(policy: CompiledPolicy, trace: TraceEntry[], code: AuthCode, reason: string, identity?: Identity): Decision {
+  const status = code === 'AUTH_002' ? policy.expiredStatus : ERRORS[code].status;
+  return { policy, outcome: policy.reportOnly ? 'would_deny' : 'deny', code, status, reason, identity, trace };
+}
+
+function conclude(policy: CompiledPolicy, trace: TraceEntry[], result: TreeResult): Decision {
+  if (result.kind !== 'allow') return refuse(policy, trace, result.code, result.reason);
   const identity = mergeIdentity(result.allowed);
   const why = authorise(policy, identity);
-  if (why) return refuse('AUTH_008', why, identity);
+  if (why) return refuse(policy, trace, 'AUTH_008', why, identity);
   return { policy, outcome: 'allow', reason: 'allowed', identity, trace };
 }

@@ -11,7 +11,8 @@ import type { ConnectionInfo } from '../tls/peer.ts';
 import { buildContext, type RequestContext } from './context.ts';
 import { decide, policyFor, type Decision } from './decide.ts';
 import { prepareUpstreamRequest } from './headers.ts';
-import type { Upstream, UpstreamFailure } from './upstream.ts';
+import type { Forwarded, Upstream, UpstreamFailure } from './upstream.ts';
+import { isPromise, type MaybePromise } from './requirements.ts';
 
 export interface HandlerDeps {
   /** The serving config; read once per request so in-flight requests keep theirs. */
@@ -97,51 +98,73 @@ export function createHandler(deps: HandlerDeps) {
 
   const timed = (auth: { name: string }, s: number) => metrics.observeAuth(auth.name, s);
 
-  /** Shared by plain requests and upgrades: the context and decision, or a finished refusal. */
-  async function admit(req: IncomingMessage, cfg: CompiledConfig, t0: number, refuse: (code: ErrorCode, id: string, d?: Decision) => void) {
+  interface Admitted { ctx: RequestContext; d: Decision; body?: Buffer }
+  /** What admission learnt about a request, for its access log line. */
+  interface Outcome { id: string; ctx?: RequestContext; d?: Decision; code?: ErrorCode }
+  type Refuse = (code: ErrorCode, id: string, d?: Decision) => void;
+
+  /**
+   * Shared by plain requests and upgrades: the context and decision, or a
+   * finished refusal (undefined). Synchronous unless a body must be read or an
+   * authenticator must wait (a JWKS fetch, an uncached token, a nonce store).
+   */
+  function admit(req: IncomingMessage, cfg: CompiledConfig, ex: Outcome, refuse: Refuse): MaybePromise<Admitted | undefined> {
     const conn = deps.connection(req.socket as TLSSocket);
     const c = buildContext(req, conn, cfg);
     if (!c.ok) {
       logger.info({ msg: 'bad request', requestId: c.id, code: c.code, reason: c.reason, sni: conn.sni });
+      ex.id = c.id;
+      ex.code = c.code;
       refuse(c.code, c.id);
-      logAccess(cfg, undefined, c.id, req.method, undefined, c.code, ERRORS[c.code].status, t0);
       return undefined;
     }
     const ctx = c.ctx;
+    ex.ctx = ctx;
+    ex.id = ctx.id;
     const policy = policyFor(cfg, ctx);
-    let body: Buffer | undefined;
-    if (policy?.needsBody && req.headers.upgrade !== undefined) {
-      body = Buffer.alloc(0); // an upgrade request has no body to wait for
-    } else if (policy?.needsBody) {
-      const b = await readBody(req, cfg.server.maxBodyBytes);
-      if (b === 'too-large' || b === 'aborted') {
-        if (b === 'too-large') logger.info({ msg: 'body too large', requestId: ctx.id, policy: policy.name, limit: cfg.server.maxBodyBytes });
-        refuse('BODY_TOO_LARGE', ctx.id);
-        logAccess(cfg, ctx, ctx.id, ctx.method, undefined, 'BODY_TOO_LARGE', 413, t0);
-        return undefined;
-      }
-      body = b;
+    if (policy?.needsBody && req.headers.upgrade === undefined) {
+      return readBody(req, cfg.server.maxBodyBytes).then((b) => {
+        if (b === 'too-large' || b === 'aborted') {
+          if (b === 'too-large') logger.info({ msg: 'body too large', requestId: ctx.id, policy: policy.name, limit: cfg.server.maxBodyBytes });
+          ex.code = 'BODY_TOO_LARGE';
+          refuse('BODY_TOO_LARGE', ctx.id);
+          return undefined;
+        }
+        return judge(req, cfg, ex, ctx, policy, b, refuse);
+      });
     }
-    let d: Decision;
-    try {
-      d = await decide(cfg, ctx, deps.now(), { timed, policy, body });
-      if (req.socket.destroyed) {
-        // The client went away while we were deciding: nothing to forward or answer.
-        logger.info({ msg: 'client disconnected during authentication', requestId: ctx.id });
-        logAccess(cfg, ctx, ctx.id, ctx.method, d, d.code, 499, t0);
-        return undefined;
-      }
-    } catch (e) {
+    // An upgrade request has no body to wait for.
+    return judge(req, cfg, ex, ctx, policy, policy?.needsBody ? Buffer.alloc(0) : undefined, refuse);
+  }
+
+  function judge(req: IncomingMessage, cfg: CompiledConfig, ex: Outcome, ctx: RequestContext, policy: Decision['policy'], body: Buffer | undefined, refuse: Refuse): MaybePromise<Admitted | undefined> {
+    const failed = (e: unknown) => {
       // An authenticator threw: a bug or an infrastructure failure. Never forward.
       logger.error({ msg: 'authentication failed with an internal error', requestId: ctx.id, err: { message: (e as Error).message } });
+      ex.code = 'INTERNAL';
       refuse('INTERNAL', ctx.id);
-      logAccess(cfg, ctx, ctx.id, ctx.method, undefined, 'INTERNAL', 503, t0);
+      return undefined;
+    };
+    let d: MaybePromise<Decision>;
+    try {
+      d = decide(cfg, ctx, deps.now(), { timed, policy, body });
+    } catch (e) {
+      return failed(e);
+    }
+    return isPromise(d) ? d.then((x) => conclude(req, cfg, ex, ctx, x, body, refuse), failed) : conclude(req, cfg, ex, ctx, d, body, refuse);
+  }
+
+  function conclude(req: IncomingMessage, cfg: CompiledConfig, ex: Outcome, ctx: RequestContext, d: Decision, body: Buffer | undefined, refuse: Refuse): Admitted | undefined {
+    ex.d = d;
+    ex.code = d.code;
+    if (req.socket.destroyed) {
+      // The client went away while we were deciding: nothing to forward or answer.
+      logger.info({ msg: 'client disconnected during authentication', requestId: ctx.id });
       return undefined;
     }
     if (d.outcome !== 'allow') audit(ctx, d);
     if (d.outcome === 'deny') {
       refuse(d.code!, ctx.id, d);
-      logAccess(cfg, ctx, ctx.id, ctx.method, d, d.code, d.status!, t0);
       return undefined;
     }
     // Allowed (or report-only): strip what the client may not set, set what we vouch for.
@@ -149,34 +172,95 @@ export function createHandler(deps: HandlerDeps) {
     return { ctx, d, body };
   }
 
-  async function onRequest(req: IncomingMessage, res: ServerResponse): Promise<void> {
+  /**
+   * One request's bookkeeping: everything the single 'close' listener needs to
+   * log it, count it and stop its upstream exchange if the client leaves.
+   */
+  class Exchange implements Outcome, Forwarded {
+    id = 'none';
+    ctx?: RequestContext;
+    d?: Decision;
+    code?: ErrorCode;
+    tUp = 0;
+    upstreamMs?: number;
+    cancel?: () => void;
+    readonly responseHeaders: string[] = [];
+    readonly t0: number;
+    readonly cfg: CompiledConfig;
+    readonly req: IncomingMessage;
+    readonly res: ServerResponse;
+
+    constructor(req: IncomingMessage, res: ServerResponse, cfg: CompiledConfig, t0: number) {
+      this.req = req;
+      this.res = res;
+      this.cfg = cfg;
+      this.t0 = t0;
+    }
+
+    onComplete(): void {
+      this.upstreamMs = performance.now() - this.tUp;
+      metrics.upstreamDuration.observe(this.upstreamMs / 1000);
+    }
+
+    onError(f: UpstreamFailure, detail: string): void {
+      this.upstreamMs = performance.now() - this.tUp;
+      logger.error({ msg: 'upstream error', requestId: this.id, code: f, detail });
+      this.code = f;
+      sendError(this.res, f, this.id);
+    }
+
+    /** The response is finished or the connection closed: the one place a request is logged and counted. */
+    closed(): void {
+      inFlight--;
+      const finished = this.res.writableFinished;
+      if (!finished) this.cancel?.();
+      const ctx = this.ctx;
+      logAccess(this.cfg, ctx, this.id, ctx?.method ?? this.req.method, this.d, this.code, finished ? this.res.statusCode : 499, this.t0, this.upstreamMs);
+    }
+  }
+
+  let inFlight = 0;
+
+  function onRequest(req: IncomingMessage, res: ServerResponse): void {
     const t0 = performance.now();
     const cfg = deps.config();
-    if (!deps.accepting()) { res.setHeader('connection', 'close'); sendError(res, 'NOT_READY', 'draining'); return; }
-    const admitted = await admit(req, cfg, t0, (code, id, d) => sendError(res, code, id, d));
-    if (!admitted) return;
-    const { ctx, d, body } = admitted;
-    if (cfg.identity.debugHeaders && d.identity) {
-      res.setHeader('x-auth-method', d.identity.methods.join(','));
-      if (d.identity.subject !== undefined) res.setHeader('x-auth-user-id', req.headers[cfg.identity.headers.subject] as string);
-      if (d.identity.keyId !== undefined) res.setHeader('x-auth-key-id', req.headers[cfg.identity.headers.keyId] as string);
-      res.setHeader('x-auth-ip', ctx.clientIp);
+    inFlight++;
+    const ex = new Exchange(req, res, cfg, t0);
+    res.once('close', () => ex.closed());
+    try {
+      if (!deps.accepting()) {
+        ex.id = 'draining';
+        ex.code = 'NOT_READY';
+        res.setHeader('connection', 'close');
+        sendError(res, 'NOT_READY', 'draining');
+        return;
+      }
+      const refuse: Refuse = (code, id, d) => sendError(res, code, id, d);
+      const a = admit(req, cfg, ex, refuse);
+      if (isPromise(a)) a.then((x) => { if (x) forward(req, res, cfg, ex, x); }).catch((e: Error) => internalError(res, ex, e));
+      else if (a) forward(req, res, cfg, ex, a);
+    } catch (e) {
+      internalError(res, ex, e as Error);
     }
-    res.setHeader('x-request-id', ctx.id);
-    const tUp = performance.now();
-    let upstreamMs: number | undefined;
-    res.once('finish', () => logAccess(cfg, ctx, ctx.id, ctx.method, d, d.code, res.statusCode, t0, upstreamMs));
-    res.once('close', () => { if (!res.writableFinished && upstreamMs === undefined) logAccess(cfg, ctx, ctx.id, ctx.method, d, d.code, 499, t0); });
-    const upstream = deps.upstream(cfg);
-    upstream.web(req, res, body, (f: UpstreamFailure, detail) => {
-      upstreamMs = performance.now() - tUp;
-      logger.error({ msg: 'upstream error', requestId: ctx.id, code: f, detail });
-      sendError(res, f, ctx.id);
-    });
-    res.once('prefinish', () => {
-      upstreamMs ??= performance.now() - tUp;
-      metrics.upstreamDuration.observe(upstreamMs / 1000);
-    });
+  }
+
+  function internalError(res: ServerResponse, ex: Exchange, e: Error): void {
+    logger.error({ msg: 'unhandled error in request handler', requestId: ex.id, err: { message: e.message, stack: e.stack } });
+    ex.code = 'INTERNAL';
+    sendError(res, 'INTERNAL', ex.id);
+  }
+
+  function forward(req: IncomingMessage, res: ServerResponse, cfg: CompiledConfig, ex: Exchange, { ctx, d, body }: Admitted): void {
+    const h = ex.responseHeaders;
+    if (cfg.identity.debugHeaders && d.identity) {
+      h.push('x-auth-method', d.identity.methods.join(','));
+      if (d.identity.subject !== undefined) h.push('x-auth-user-id', req.headers[cfg.identity.headers.subject] as string);
+      if (d.identity.keyId !== undefined) h.push('x-auth-key-id', req.headers[cfg.identity.headers.keyId] as string);
+      h.push('x-auth-ip', ctx.clientIp);
+    }
+    h.push('x-request-id', ctx.id);
+    ex.tUp = performance.now();
+    ex.cancel = deps.upstream(cfg).web(req, res, body, ex);
   }
 
   async function onUpgrade(req: IncomingMessage, socket: Duplex, head: Buffer): Promise<void> {
@@ -188,8 +272,13 @@ export function createHandler(deps: HandlerDeps) {
       sendErrorOnSocket(socket, 'BAD_REQUEST', 'upgrade');
       return;
     }
-    const admitted = await admit(req, cfg, t0, (code, id, d) => sendErrorOnSocket(socket, code, id, d));
-    if (!admitted) return;
+    const ex: Outcome = { id: 'none' };
+    const admitted = await admit(req, cfg, ex, (code, id, d) => sendErrorOnSocket(socket, code, id, d));
+    if (!admitted) {
+      const status = ex.code ? ex.d?.status ?? ERRORS[ex.code].status : 499;
+      logAccess(cfg, ex.ctx, ex.id, ex.ctx?.method ?? req.method, ex.d, ex.code, status, t0);
+      return;
+    }
     const { ctx, d } = admitted;
     logAccess(cfg, ctx, ctx.id, ctx.method, d, d.code, 101, t0);
     deps.upstream(cfg).ws(req, socket, head, (f, detail) => {
@@ -199,7 +288,7 @@ export function createHandler(deps: HandlerDeps) {
     });
   }
 
-  return { onRequest, onUpgrade, sendError };
+  return { onRequest, onUpgrade, sendError, inFlight: () => inFlight };
 }
 
 function statusText(status: number): string {

@@ -16,15 +16,23 @@ export interface Identity {
 }
 
 export function mergeIdentity(allowed: readonly Allowed[]): Identity {
+  if (allowed.length === 1) {
+    // One authenticator allowed the request: nothing to merge.
+    const { auth, identity: id } = allowed[0]!;
+    return { subject: id.subject, keyId: id.keyId, scopes: id.scopes, methods: [auth.type], authenticators: [auth.name], claims: id.claims, cert: id.cert };
+  }
+  let subject: string | undefined, keyId: string | undefined, claims: Identity['claims'], cert: PeerCert | undefined;
   const scopes = new Set<string>();
-  for (const a of allowed) for (const s of a.identity.scopes) scopes.add(s);
-  return {
-    subject: allowed.find((a) => a.identity.subject !== undefined)?.identity.subject,
-    keyId: allowed.find((a) => a.identity.keyId !== undefined)?.identity.keyId,
-    scopes: [...scopes],
-    methods: [...new Set(allowed.map((a) => a.auth.type))],
-    authenticators: allowed.map((a) => a.auth.name),
-    claims: allowed.find((a) => a.identity.claims)?.identity.claims,
-    cert: allowed.find((a) => a.identity.cert)?.identity.cert,
-  };
+  const methods: string[] = [], authenticators: string[] = [];
+  for (const a of allowed) {
+    const id = a.identity;
+    subject ??= id.subject;
+    keyId ??= id.keyId;
+    claims ??= id.claims;
+    cert ??= id.cert;
+    for (const s of id.scopes) scopes.add(s);
+    if (!methods.includes(a.auth.type)) methods.push(a.auth.type);
+    authenticators.push(a.auth.name);
+  }
+  return { subject, keyId, scopes: [...scopes], methods, authenticators, claims, cert };
 }

@@ -5,6 +5,8 @@ export type Normalised = { ok: true; path: string; query: string } | { ok: false
 
 const UNRESERVED = /[A-Za-z0-9\-._~]/;
 const HEX = /^[0-9A-Fa-f]{2}$/;
+/** A percent sign, an empty segment ("//") or a dot segment ("/." or "/.." ending a segment). */
+const NEEDS_WORK = /%|\/\/|\/\.\.?(?:\/|$)/;
 
 /**
  * - splits off the query (kept as sent);
@@ -23,6 +25,9 @@ export function normalisePath(target: string): Normalised {
   // Servlet containers and some frameworks drop ";params" from a segment, so
   // "/admin;x/users" would be "/admin/users" upstream but not to a policy.
   if (rawPath.includes(';')) return { ok: false, reason: '";" path parameters are refused' };
+
+  // Most paths are already normal: no escapes, no empty or dot segments.
+  if (!NEEDS_WORK.test(rawPath)) return { ok: true, path: rawPath, query };
 
   let decoded = '';
   for (let i = 0; i < rawPath.length; i++) {

@@ -2,7 +2,7 @@
 // evaluated per request. A thrown authenticator error propagates: the handler
 // answers 503 and never forwards.
 import type { AuthCode, ConfigIssue } from '../errors.ts';
-import type { Authenticator, AuthIdentity, AuthRequest } from '../authenticators/types.ts';
+import type { Authenticator, AuthIdentity, AuthRequest, Verdict } from '../authenticators/types.ts';
 import type { Requirement } from '../config/schema.ts';
 
 export type ReqNode =
@@ -52,42 +52,77 @@ export function authenticatorsOf(n: ReqNode): Authenticator[] {
   return n.children.flatMap(authenticatorsOf);
 }
 
-export async function evaluate(
+/** A value now, or later: authenticators that need no I/O answer synchronously. */
+export type MaybePromise<T> = T | Promise<T>;
+export const isPromise = <T>(v: MaybePromise<T>): v is Promise<T> => typeof (v as { then?: unknown } | null)?.then === 'function';
+
+const ALLOW_NONE: TreeResult = Object.freeze({ kind: 'allow', allowed: Object.freeze([]) as readonly Allowed[] });
+
+/**
+ * Evaluate a requirement tree. Synchronous while every authenticator on the way
+ * answers synchronously (mTLS, API keys, a cached JWT); a Promise from the first
+ * one that does not.
+ */
+export function evaluate(
   n: ReqNode,
   req: AuthRequest,
   trace: TraceEntry[],
   timed: (auth: Authenticator, seconds: number) => void,
-): Promise<TreeResult> {
+): MaybePromise<TreeResult> {
   switch (n.kind) {
     case 'none':
-      return { kind: 'allow', allowed: [] };
+      return ALLOW_NONE;
     case 'auth': {
       const t0 = performance.now();
-      const v = await n.auth.verify(req);
-      const ms = performance.now() - t0;
-      timed(n.auth, ms / 1000);
-      trace.push({ authenticator: n.auth.name, type: n.auth.type, verdict: v.kind, code: v.kind === 'allow' ? undefined : v.code, reason: v.reason, ms });
-      return v.kind === 'allow' ? { kind: 'allow', allowed: [{ auth: n.auth, identity: v.identity }] } : v;
+      const v = n.auth.verify(req);
+      return isPromise(v) ? v.then((x) => settle(n.auth, x, t0, trace, timed)) : settle(n.auth, v, t0, trace, timed);
     }
-    case 'any': {
-      let firstDeny: TreeResult | undefined, firstSkip: TreeResult | undefined;
-      for (const c of n.children) {
-        const r = await evaluate(c, req, trace, timed);
-        if (r.kind === 'allow') return r;
-        // A credential that was present and failed says more than one that was absent.
-        if (r.kind === 'deny') firstDeny ??= r;
-        else firstSkip ??= r;
-      }
-      return (firstDeny ?? firstSkip)!;
-    }
-    case 'all': {
-      const allowed: Allowed[] = [];
-      for (const c of n.children) {
-        const r = await evaluate(c, req, trace, timed);
-        if (r.kind !== 'allow') return r;
-        allowed.push(...r.allowed);
-      }
-      return { kind: 'allow', allowed };
-    }
+    case 'any':
+      return anyFrom(n.children, 0, req, trace, timed, undefined);
+    case 'all':
+      return allFrom(n.children, 0, req, trace, timed, []);
   }
+}
+
+function settle(auth: Authenticator, v: Verdict, t0: number, trace: TraceEntry[], timed: (auth: Authenticator, seconds: number) => void): TreeResult {
+  const ms = performance.now() - t0;
+  timed(auth, ms / 1000);
+  trace.push({ authenticator: auth.name, type: auth.type, verdict: v.kind, code: v.kind === 'allow' ? undefined : v.code, reason: v.reason, ms });
+  return v.kind === 'allow' ? { kind: 'allow', allowed: [{ auth, identity: v.identity }] } : v;
+}
+
+type Refusal = Exclude<TreeResult, { kind: 'allow' }>;
+
+/** any: the first child that allows; else the first denial (a credential that was present and failed says more than one that was absent), else the first skip. */
+function anyFrom(children: readonly ReqNode[], i: number, req: AuthRequest, trace: TraceEntry[], timed: (auth: Authenticator, seconds: number) => void, best: Refusal | undefined): MaybePromise<TreeResult> {
+  for (; i < children.length; i++) {
+    const r = evaluate(children[i]!, req, trace, timed);
+    if (isPromise(r)) {
+      const next = i + 1;
+      return r.then((x) => (x.kind === 'allow' ? x : anyFrom(children, next, req, trace, timed, better(best, x))));
+    }
+    if (r.kind === 'allow') return r;
+    best = better(best, r);
+  }
+  return best!;
+}
+
+const better = (best: Refusal | undefined, r: Refusal): Refusal => (!best || (best.kind === 'skip' && r.kind === 'deny') ? r : best);
+
+/** all: every child must allow; the first refusal ends it. */
+function allFrom(children: readonly ReqNode[], i: number, req: AuthRequest, trace: TraceEntry[], timed: (auth: Authenticator, seconds: number) => void, allowed: Allowed[]): MaybePromise<TreeResult> {
+  for (; i < children.length; i++) {
+    const r = evaluate(children[i]!, req, trace, timed);
+    if (isPromise(r)) {
+      const next = i + 1;
+      return r.then((x) => {
+        if (x.kind !== 'allow') return x;
+        for (const a of x.allowed) allowed.push(a);
+        return allFrom(children, next, req, trace, timed, allowed);
+      });
+    }
+    if (r.kind !== 'allow') return r;
+    for (const a of r.allowed) allowed.push(a);
+  }
+  return { kind: 'allow', allowed };
 }

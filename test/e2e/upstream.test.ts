@@ -4,7 +4,7 @@ import t from 'tap';
 import tls from 'node:tls';
 import { createServer } from 'node:net';
 import { makeFixture } from '../helpers/pki.ts';
-import { startHarness, request, client, baseConfig } from '../helpers/harness.ts';
+import { startHarness, request, client, baseConfig, until } from '../helpers/harness.ts';
 
 const fx = makeFixture();
 const policies = `
@@ -173,4 +173,37 @@ t.test('forwarding edge cases: HEAD, 204, several Set-Cookie, Expect: 100-contin
   t.teardown(() => prefixed.close());
   await request(prefixed, fx, { path: '/x?y=1' });
   t.equal(prefixed.seen.at(-1)!.url, '/base/x?y=1', 'the upstream URL path is a prefix');
+});
+
+t.test('a client that leaves while the upstream is answering: the upstream exchange is cancelled and logged as 499', async (t) => {
+  let upstreamClosed: () => void;
+  const closedUpstream = new Promise<void>((r) => { upstreamClosed = r; });
+  const h = await startHarness(fx, baseConfig(policies).replace('timeoutMs: 1000', 'timeoutMs: 10000'), {
+    upstreamHandler: (req, res) => {
+      if (req.url === '/hang') { res.once('close', () => upstreamClosed()); return; } // never answers
+      res.end('ok');
+    },
+  });
+  t.teardown(() => h.close());
+  const gone = request(h, fx, { path: '/hang', onSocket: (s) => { setTimeout(() => s.destroy(), 300); } }).then(() => 'answered', (e: Error) => e.message);
+  t.match(await gone, /socket hang up|aborted|ECONNRESET/i, 'the client gave up');
+  const t0 = Date.now();
+  await closedUpstream;
+  t.ok(Date.now() - t0 < 3000, 'the upstream request was aborted at once, not left to upstream.timeoutMs (10 s)');
+  await until('the access line', () => h.logs.some((l) => l.msg === 'access' && l.path === '/hang'));
+  t.equal(h.logs.find((l) => l.msg === 'access' && l.path === '/hang')!.status, 499);
+  t.equal((await request(h, fx, { path: '/fine' })).status, 200, 'and the proxy keeps serving');
+});
+
+t.test('an upstream response Node cannot relay (a control character in a header value) -> 502, not a crash', async (t) => {
+  const raw = createServer((s) => s.once('data', () => s.end('HTTP/1.1 200 OK\r\nX-Bad: a\x01b\r\nContent-Length: 2\r\n\r\nok')));
+  await new Promise<void>((r) => raw.listen(0, '127.0.0.1', () => r()));
+  t.teardown(() => raw.close());
+  const h = await startHarness(fx, baseConfig(policies), { upstreamPort: (raw.address() as { port: number }).port });
+  t.teardown(() => h.close());
+  const r = await request(h, fx, { path: '/x' });
+  t.same([r.status, r.json.error.code], [502, 'UPSTREAM_UNAVAILABLE']);
+  t.equal(r.headers['x-bad'], undefined, 'the header never reached the client');
+  const again = await request(h, fx, { path: '/x' });
+  t.equal(again.status, 502, 'the proxy is still up');
 });

@@ -65,7 +65,10 @@ t.test('Dockerfile: multi-stage, production dependencies, non-root, runs `portcu
   t.ok((df.match(/^FROM /gm) ?? []).length >= 2, 'multi-stage');
   t.match(df, /npm ci --omit=dev/);
   t.match(df, /^USER 10001:10001$/m);
-  t.match(df, /^ENTRYPOINT \["node", "\/app\/bin\/portcullis\.js"\]$/m, 'the same bin/portcullis.js the CLI tests spawn');
+  t.match(df, /^ENTRYPOINT \["node", "--max-semi-space-size=16", "\/app\/bin\/portcullis\.js"\]$/m, 'the same bin/portcullis.js the CLI tests spawn, with the flag its shebang sets');
+  t.match(readFileSync(join(ROOT, 'bin/portcullis.js'), 'utf8'), /^#!\/usr\/bin\/env -S node --max-semi-space-size=16$/m, 'the shebang agrees');
+  t.match(df, /COPY --from=build \/app\/dist \.\/dist/, 'the compiled build ships; bin/portcullis.js runs it when src/ is absent');
+  t.notMatch(df.slice(df.lastIndexOf('\nFROM ')), /^COPY src /m, 'no TypeScript source in the final image');
   t.match(df, /^CMD \["serve", "--config", /m);
   for (const m of df.matchAll(/^COPY (?!--from)(.+) \S+$/gm)) for (const src of m[1]!.split(' ')) t.ok(existsSync(join(ROOT, src)), `COPY source ${src} exists`);
   const ignore = readFileSync(join(ROOT, '.dockerignore'), 'utf8');

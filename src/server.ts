@@ -72,7 +72,7 @@ export class PortcullisServer {
         const ctx = this.#config.tls.lookup(name);
         if (ctx) cb(null, ctx);
         else {
-          this.metrics.tlsHandshakes.inc({ sni: 'other', result: 'unknown_sni' });
+          this.metrics.countHandshake('other', 'unknown_sni');
           cb(new Error(`unknown SNI name`), undefined);
         }
       },
@@ -80,22 +80,22 @@ export class PortcullisServer {
     this.#applyServerSettings(cfg);
     this.#https.on('connection', (s: Socket) => {
       this.#sockets.add(s);
-      this.metrics.openConnections.inc();
-      s.once('close', () => { this.#sockets.delete(s); this.metrics.openConnections.dec(); });
+      this.metrics.connectionOpened();
+      s.once('close', () => { this.#sockets.delete(s); this.metrics.connectionClosed(); });
     });
     this.#https.on('secureConnection', (s: TLSSocket) => {
       const info = connectionInfo(s, this.now());
       this.#conns.set(s, info);
-      this.metrics.tlsHandshakes.inc({ sni: this.#config.tls.labelFor(info.sni), result: info.resumed ? 'resumed' : 'ok' });
+      this.metrics.countHandshake(this.#config.tls.labelFor(info.sni), info.resumed ? 'resumed' : 'ok');
       const cc = info.clientCert;
-      if (cc.present) this.metrics.clientCertVerifications.inc({ result: cc.verified ? 'verified' : (cc.problem ?? 'invalid') });
+      if (cc.present) this.metrics.countClientCert(cc.verified ? 'verified' : (cc.problem ?? 'invalid'));
     });
     this.#https.on('drop', (d?: { remoteAddress?: string }) => {
       this.metrics.connectionsDropped.inc();
       this.logger.warn({ msg: 'connection refused: server.maxConnections reached', max: this.#config.server.maxConnections, remoteAddress: d?.remoteAddress });
     });
     this.#https.on('tlsClientError', (err: Error & { code?: string }) => {
-      if (!/unknown SNI/.test(err.message)) this.metrics.tlsHandshakes.inc({ sni: 'none', result: 'error' });
+      if (!/unknown SNI/.test(err.message)) this.metrics.countHandshake('none', 'error');
       this.logger.debug({ msg: 'TLS handshake failed', code: err.code, reason: err.message });
     });
 

@@ -7,7 +7,7 @@ import { isInnerList, parseDictionary, serializeInnerList, serializeItem, SfvErr
 export const RFC9421_ALGORITHMS = ['hmac-sha256', 'ed25519', 'ecdsa-p256-sha256', 'rsa-pss-sha512', 'rsa-v1_5-sha256'] as const;
 export type Rfc9421Alg = (typeof RFC9421_ALGORITHMS)[number];
 
-export type Key = { alg: 'hmac-sha256'; secret: Buffer } | { alg: Exclude<Rfc9421Alg, 'hmac-sha256'>; publicKey: KeyObject };
+export type Key = { alg: 'hmac-sha256'; secret: KeyObject } | { alg: Exclude<Rfc9421Alg, 'hmac-sha256'>; publicKey: KeyObject };
 
 export class Refusal extends Error {
   readonly code: 'AUTH_001' | 'AUTH_003';

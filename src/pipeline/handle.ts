@@ -199,7 +199,7 @@ export function createHandler(deps: HandlerDeps) {
 
     onComplete(): void {
       this.upstreamMs = performance.now() - this.tUp;
-      metrics.upstreamDuration.observe(this.upstreamMs / 1000);
+      metrics.observeUpstream(this.upstreamMs / 1000);
     }
 
     onError(f: UpstreamFailure, detail: string): void {

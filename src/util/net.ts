@@ -35,5 +35,7 @@ export function inList(bl: BlockList, ip: string): boolean {
   return bl.check(ip, 'ipv4');
 }
 
+/** Already folded: Node lower-cases names, and "_" spellings are rare (no allocation then). */
+const FOLDED = /^[^A-Z_]*$/;
 /** Header names compared case-insensitively with "_" folded to "-". */
-export const foldHeader = (name: string) => name.toLowerCase().replace(/_/g, '-');
+export const foldHeader = (name: string) => (FOLDED.test(name) ? name : name.toLowerCase().replace(/_/g, '-'));

@@ -47,6 +47,15 @@ t.test('/metrics: Prometheus text with counters that move, bounded labels', asyn
   t.equal(value(after.samples, 'portcullis_auth_duration_seconds_count', { authenticator: 'cert' }), 3);
   t.ok((value(after.samples, 'portcullis_auth_duration_seconds_bucket', { authenticator: 'cert', le: '0.001' }) ?? 0) >= 1, 'sub-millisecond buckets');
   t.equal(value(after.samples, 'portcullis_upstream_duration_seconds_count'), 2);
+  // Histogram shape: cumulative buckets, +Inf equal to _count, a _sum.
+  const buckets = after.samples.filter((s) => s.name === 'portcullis_request_duration_seconds_bucket' && s.labels.policy === 'api');
+  t.equal(buckets.length, 16, '15 bounds and +Inf');
+  t.ok(buckets.every((b, i) => i === 0 || b.value >= buckets[i - 1]!.value), 'cumulative');
+  t.equal(buckets.at(-1)!.labels.le, '+Inf');
+  t.equal(buckets.at(-1)!.value, value(after.samples, 'portcullis_request_duration_seconds_count', { policy: 'api' }));
+  t.equal(value(after.samples, 'portcullis_request_duration_seconds_count', { policy: 'api' }), 3);
+  t.ok(value(after.samples, 'portcullis_request_duration_seconds_sum', { policy: 'api' })! > 0, 'a _sum');
+  t.ok(value(after.samples, 'portcullis_open_connections')! >= 0, 'open connections gauge');
   const text = JSON.stringify(after.samples.map((s) => s.labels));
   for (const leak of ['secret-path', 'client-1', '/api']) t.notOk(text.includes(leak), `no "${leak}" in any label`);
   const ready = await fetch(`http://127.0.0.1:${h.adminPort}/readyz`);

@@ -156,9 +156,14 @@ backend be
 }
 
 // ---- wrk ---------------------------------------------------------------------
-interface Run { rps: number; p50: number; p99: number; errors: number }
+interface Run { rps: number; p50: number; p99: number; errors: number; cpuUs: number }
+/** utime + stime of a process, in clock ticks (1/100 s). */
+function cpuTicks(pid: number | undefined): number {
+  if (!pid) return NaN;
+  try { const f = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' '); return Number(f[11]) + Number(f[12]); } catch { return NaN; }
+}
 const ms = (v: string, unit: string) => Number(v) * ({ us: 0.001, ms: 1, s: 1000 }[unit] ?? NaN);
-function wrk(t: Target, handshake: boolean): Promise<Run> {
+function wrk(t: Target, handshake: boolean, pid?: number): Promise<Run> {
   const url = `${t.scheme}://127.0.0.1:${t.scheme === 'http' ? PORTS.upstream : PORTS.proxy}/bench`;
   const args = ['-c', LOAD_CPU, 'wrk', '-t1', `-c${CONNS}`, `-d${SECONDS}s`, '--latency', '--timeout', '5s'];
   for (const h of t.headers ?? []) args.push('-H', h);
@@ -166,6 +171,7 @@ function wrk(t: Target, handshake: boolean): Promise<Run> {
   if (t.script) args.push('-s', t.script);
   args.push(url);
   const env = { ...process.env, ...(t.mtls ? { LD_PRELOAD: SHIM, WRK_CLIENT_CERT: join(W, 'client.crt'), WRK_CLIENT_KEY: join(W, 'client.key') } : {}), ...(handshake ? { WRK_NO_RESUME: '1' } : {}) };
+  const cpu0 = cpuTicks(pid);
   return new Promise((resolve, reject) => {
     const p = spawn('taskset', args, { env });
     let out = '';
@@ -178,7 +184,10 @@ function wrk(t: Target, handshake: boolean): Promise<Run> {
       const non2xx = Number(/Non-2xx or 3xx responses: (\d+)/.exec(out)?.[1] ?? 0);
       const sockErr = /Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)/.exec(out);
       const errors = non2xx + (sockErr ? Number(sockErr[1]) + Number(sockErr[4]) : 0);
-      resolve({ rps, p50: pct('50'), p99: pct('99'), errors });
+      const requests = Number(/(\d+) requests in/.exec(out)?.[1] ?? NaN);
+      // CPU the proxy spent per request: far steadier than req/s on a shared machine.
+      const cpuUs = ((cpuTicks(pid) - cpu0) * 10_000) / requests;
+      resolve({ rps, p50: pct('50'), p99: pct('99'), errors, cpuUs });
     });
   });
 }
@@ -197,11 +206,11 @@ try {
       if (t.name !== 'direct') await waitPort(PORTS.proxy);
       await new Promise((r) => setTimeout(r, 300));
       await wrk({ ...t }, false).catch(() => undefined); // warm-up (JIT, caches, connections)
-      const ka = await wrk(t, false);
-      const hs = t.name === 'direct' || opt['no-handshake'] ? undefined : await wrk(t, true);
+      const ka = await wrk(t, false, p.pid);
+      const hs = t.name === 'direct' || opt['no-handshake'] ? undefined : await wrk(t, true, p.pid);
       const rss = t.name === 'direct' ? peakRssMb(upstream.pid!) : peakRssMb(p.pid!);
       results.get(t.name)!.push({ ka, hs, rss });
-      process.stderr.write(`round ${round} ${t.name.padEnd(12)} ${ka.rps.toFixed(0).padStart(7)} req/s  p50 ${ka.p50.toFixed(2)} ms  p99 ${ka.p99.toFixed(2)} ms  handshakes ${hs ? hs.rps.toFixed(0) : '-'}/s  rss ${rss.toFixed(0)} MiB${ka.errors || hs?.errors ? `  ERRORS ${ka.errors}/${hs?.errors ?? 0}` : ''}\n`);
+      process.stderr.write(`round ${round} ${t.name.padEnd(12)} ${ka.rps.toFixed(0).padStart(7)} req/s  cpu ${ka.cpuUs.toFixed(0)} µs/req  p50 ${ka.p50.toFixed(2)} ms  p99 ${ka.p99.toFixed(2)} ms  handshakes ${hs ? hs.rps.toFixed(0) : '-'}/s  rss ${rss.toFixed(0)} MiB${ka.errors || hs?.errors ? `  ERRORS ${ka.errors}/${hs?.errors ?? 0}` : ''}\n`);
       await stop(p);
       await new Promise((r) => setTimeout(r, 200));
     }
@@ -222,12 +231,17 @@ const ratio = (name: string, ref: string, f: (s: Sample) => number | undefined) 
 const rows = targets.map((t) => {
   const s = results.get(t.name)!;
   const rps = s.map((x) => x.ka.rps), hs = s.flatMap((x) => (x.hs ? [x.hs.rps] : []));
-  return `| ${t.label} | ${fmt(median(rps))} (${range(rps)}) | ${fmt(ratio(t.name, 'nginx', (x) => x.ka.rps), 2)} | ${fmt(ratio(t.name, 'node-floor', (x) => x.ka.rps), 2)} | ${fmt(median(s.map((x) => x.ka.p50)), 2)} | ${fmt(median(s.map((x) => x.ka.p99)), 2)} | ${fmt(ratio(t.name, 'nginx', (x) => x.ka.p99), 2)} | ${hs.length ? `${fmt(median(hs))} (${range(hs)})` : '-'} | ${hs.length ? fmt(ratio(t.name, 'nginx', (x) => x.hs?.rps), 2) : '-'} | ${fmt(median(s.map((x) => x.rss)))} |`;
+  return `| ${t.label} | ${fmt(median(rps))} (${range(rps)}) | ${fmt(ratio(t.name, 'nginx', (x) => x.ka.rps), 2)} | ${fmt(ratio(t.name, 'node-floor', (x) => x.ka.rps), 2)} | ${fmt(median(s.map((x) => x.ka.cpuUs)))} | ${fmt(median(s.map((x) => x.ka.p50)), 2)} | ${fmt(median(s.map((x) => x.ka.p99)), 2)} | ${fmt(ratio(t.name, 'nginx', (x) => x.ka.p99), 2)} | ${hs.length ? `${fmt(median(hs))} (${range(hs)})` : '-'} | ${hs.length ? fmt(ratio(t.name, 'nginx', (x) => x.hs?.rps), 2) : '-'} | ${fmt(median(s.map((x) => x.rss)))} |`;
 });
+// Authentication cost: each Portcullis route against Portcullis mTLS-only, by req/s and by
+// CPU per request (mTLS-only CPU / route CPU: 1.0 = free), each per round, then the median.
+const authRows = targets.filter((t) => t.name.startsWith('pc-') && t.name !== 'pc-mtls' && results.has('pc-mtls')).map((t) =>
+  `| ${t.label} | ${fmt(ratio(t.name, 'pc-mtls', (x) => x.ka.rps), 2)} | ${fmt(ratio('pc-mtls', t.name, (x) => x.ka.cpuUs), 2)} |`);
+const authTable = authRows.length ? `\n| route vs Portcullis mTLS-only | req/s ratio | CPU-per-request ratio (mTLS-only ÷ route) |\n|---|---|---|\n${authRows.join('\n')}\n` : '';
 const version = (cmd: string, args: string[]) => { const r = spawnSync(cmd, args, { encoding: 'utf8' }); return (r.stdout + r.stderr).split('\n').find((l) => l.trim())?.trim() ?? '?'; };
 const table = [
-  `| configuration | keep-alive req/s, median (min–max) | × nginx | × Node floor | p50 ms | p99 ms | p99 × nginx | full handshakes/s, median (min–max) | × nginx | peak RSS MiB |`,
-  `|---|---|---|---|---|---|---|---|---|---|`,
+  `| configuration | keep-alive req/s, median (min–max) | × nginx | × Node floor | proxy CPU µs/req | p50 ms | p99 ms | p99 × nginx | full handshakes/s, median (min–max) | × nginx | peak RSS MiB |`,
+  `|---|---|---|---|---|---|---|---|---|---|---|`,
   ...rows,
 ].join('\n');
 const report = `Run ${new Date().toISOString()} on ${cpus().length} × ${cpus()[0]?.model ?? '?'}; ${ROUNDS} rounds × ${SECONDS} s per figure, ${CONNS} connections, wrk on CPU ${LOAD_CPU}, proxy + upstream (nginx \`return 200\`) on CPU ${SERVER_CPU}.
@@ -235,7 +249,7 @@ Versions: node ${process.version}; ${version('nginx', ['-v'])}; ${version('hapro
 Command: \`npm run bench -- --rounds ${ROUNDS} --seconds ${SECONDS} --connections ${CONNS}${opt.only ? ` --only ${opt.only}` : ''}\`
 
 ${table}
-
+${authTable}
 Ratios are computed per round against the reference measured in the same round, then the median is taken.
 `;
 console.log(report);

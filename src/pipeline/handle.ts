@@ -100,7 +100,7 @@ export function createHandler(deps: HandlerDeps) {
 
   interface Admitted { ctx: RequestContext; d: Decision; body?: Buffer }
   /** What admission learnt about a request, for its access log line. */
-  interface Outcome { id: string; ctx?: RequestContext; d?: Decision; code?: ErrorCode }
+  interface Outcome { id: string; ctx?: RequestContext; d?: Decision; code?: ErrorCode; clientGone?: boolean }
   type Refuse = (code: ErrorCode, id: string, d?: Decision) => void;
 
   /**
@@ -159,6 +159,7 @@ export function createHandler(deps: HandlerDeps) {
     ex.code = d.code;
     if (req.socket.destroyed) {
       // The client went away while we were deciding: nothing to forward or answer.
+      ex.clientGone = true;
       logger.info({ msg: 'client disconnected during authentication', requestId: ctx.id });
       return undefined;
     }
@@ -275,7 +276,7 @@ export function createHandler(deps: HandlerDeps) {
     const ex: Outcome = { id: 'none' };
     const admitted = await admit(req, cfg, ex, (code, id, d) => sendErrorOnSocket(socket, code, id, d));
     if (!admitted) {
-      const status = ex.code ? ex.d?.status ?? ERRORS[ex.code].status : 499;
+      const status = ex.clientGone || !ex.code ? 499 : ex.d?.status ?? ERRORS[ex.code].status;
       logAccess(cfg, ex.ctx, ex.id, ex.ctx?.method ?? req.method, ex.d, ex.code, status, t0);
       return;
     }

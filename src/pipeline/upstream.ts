@@ -25,8 +25,6 @@ const NOT_FORWARDED = new Set(['transfer-encoding', 'connection', 'keep-alive', 
 export interface Forwarded {
   /** Headers Portcullis adds to the response, as [name, value, name, value, ...]. */
   readonly responseHeaders: string[];
-  /** The upstream answered with a head; called once, before it is written. */
-  onResponse?(): void;
   /** The response was relayed in full (before `res.end()` flushes it). */
   onComplete(): void;
   /** No response head could be relayed: the handler answers with a JSON error. */
@@ -79,7 +77,6 @@ class Relay implements Dispatcher.DispatchHandler {
     }
     const extra = this.#f.responseHeaders;
     for (let i = 0; i < extra.length; i++) out.push(extra[i]!);
-    this.#f.onResponse?.();
     // Node states Connection (keep-alive or close) itself, as it will behave; a header
     // value Node refuses throws here and becomes a 502 (nothing has been written yet).
     this.#res.writeHead(statusCode, out);

@@ -207,3 +207,20 @@ t.test('an upstream response Node cannot relay (a control character in a header 
   const again = await request(h, fx, { path: '/x' });
   t.equal(again.status, 502, 'the proxy is still up');
 });
+
+t.test('response hop-by-hop headers from the upstream are not relayed; the rest arrive as sent', async (t) => {
+  const raw = createServer((s) => s.on('data', () => s.write('HTTP/1.1 200 OK\r\nConnection: X-Hop, keep-alive\r\nX-Hop: internal\r\nKeep-Alive: timeout=99\r\nProxy-Connection: keep-alive\r\nX-Kept: Mixed Case Value\r\nSet-Cookie: a=1\r\nSet-Cookie: b=2\r\nContent-Length: 2\r\n\r\nok')));
+  await new Promise<void>((r) => raw.listen(0, '127.0.0.1', () => r()));
+  t.teardown(() => raw.close());
+  const h = await startHarness(fx, baseConfig(policies), { upstreamPort: (raw.address() as { port: number }).port });
+  t.teardown(() => h.close());
+  const r = await request(h, fx, { path: '/x' });
+  t.same([r.status, r.body], [200, 'ok']);
+  t.equal(r.headers['x-hop'], undefined, 'a header the upstream nominated in Connection');
+  t.equal(r.headers['proxy-connection'], undefined);
+  t.notMatch(String(r.headers['keep-alive'] ?? ''), /99/, "the upstream's Keep-Alive is not ours");
+  t.equal(r.headers.connection, 'close', 'Connection states what Portcullis does (this client asked to close), not what the upstream said');
+  t.equal(r.headers['x-kept'], 'Mixed Case Value');
+  t.same(r.headers['set-cookie'], ['a=1', 'b=2']);
+  t.match(r.headers['x-request-id'], /^[0-9a-f-]{36}$/, 'and Portcullis adds its request id');
+});

@@ -17,8 +17,10 @@ const W = join(HERE, '.work');
 const { values: opt } = parseArgs({ options: {
   rounds: { type: 'string', default: '3' }, seconds: { type: 'string', default: '5' }, connections: { type: 'string', default: '50' },
   only: { type: 'string' }, out: { type: 'string' }, 'no-handshake': { type: 'boolean', default: false },
+  'auth-pairs': { type: 'string', default: '6' }, slice: { type: 'string', default: '2' },
 } });
 const ROUNDS = Number(opt.rounds), SECONDS = Number(opt.seconds), CONNS = Number(opt.connections);
+const AUTH_PAIRS = Number(opt['auth-pairs']), SLICE = Number(opt.slice);
 const LOAD_CPU = '0', SERVER_CPU = '1';
 
 function sh(cmd: string, args: string[], o: { cwd?: string } = {}): string {
@@ -53,8 +55,13 @@ const API_KEY = 'kapi_prod_BenchBenchBenchBenchBenchBench12';
 const HMAC_SECRET = 'bench-hmac-secret-0123456789abcdef';
 const BODY = JSON.stringify({ data: 'x'.repeat(1024 - 12) });
 const TS = String(now);
-const SIG = createHmac('sha256', HMAC_SECRET).update(`POST/bench${TS}${BODY}`).digest('hex');
-writeFileSync(join(W, 'hmac.lua'), `wrk.method = "POST"\nwrk.body = ${JSON.stringify(BODY)}\nwrk.headers["Content-Type"] = "application/json"\nwrk.headers["X-API-Key"] = "bench"\nwrk.headers["X-Timestamp"] = "${TS}"\nwrk.headers["X-Signature"] = "${SIG}"\n`);
+/** A wrk script sending one POST with a 1 KiB body, signed for `path`. */
+function hmacScript(file: string, path: string): string {
+  const sig = createHmac('sha256', HMAC_SECRET).update(`POST${path}${TS}${BODY}`).digest('hex');
+  writeFileSync(join(W, file), `wrk.method = "POST"\nwrk.body = ${JSON.stringify(BODY)}\nwrk.headers["Content-Type"] = "application/json"\nwrk.headers["X-API-Key"] = "bench"\nwrk.headers["X-Timestamp"] = "${TS}"\nwrk.headers["X-Signature"] = "${sig}"\n`);
+  return join(W, file);
+}
+hmacScript('hmac.lua', '/bench');
 const SHIM = join(W, 'wrk-mtls-shim.so');
 sh('cc', ['-shared', '-fPIC', '-O2', '-o', SHIM, join(HERE, 'wrk-mtls-shim.c'), '-ldl']);
 
@@ -92,8 +99,8 @@ function nginxConf(name: string, server: string): string {
 }
 const upstreamConf = nginxConf('upstream', `server { listen 127.0.0.1:${PORTS.upstream}; location / { return 200 "ok\\n"; } }`);
 
-interface Target { name: string; label: string; scheme: 'http' | 'https'; start(): ChildProcess; headers?: string[]; script?: string; mtls: boolean }
-const pcConfig = (name: string, auth: string, authenticate: string) => {
+interface Target { name: string; label: string; scheme: 'http' | 'https'; start(): ChildProcess; headers?: string[]; script?: string; mtls: boolean; path?: string }
+const pcConfig = (name: string, auth: string, authenticate: string, policies?: string) => {
   const f = join(W, `${name}.yaml`);
   writeFileSync(f, `server: { listen: "127.0.0.1:${PORTS.proxy}" }
 admin: { listen: "127.0.0.1:19901" }
@@ -106,12 +113,17 @@ authenticators:
   cert: { type: mtls }
 ${auth}
 policies:
-  - name: bench
+${policies ?? `  - name: bench
     match: { paths: ["/**"] }
-    authenticate: ${authenticate}
+    authenticate: ${authenticate}`}
 logging: { level: warn, access: false }
 `);
   return f;
+};
+const AUTH = {
+  jwt: '  jwt: { type: jwt, issuer: "https://bench.test", audience: bench, algorithms: [RS256], jwks: { file: jwks.json } }',
+  key: `  key: { type: apiKey, keys: [ { id: bench, hash: "sha256:${createHash('sha256').update(API_KEY).digest('hex')}", subject: bench } ] }`,
+  sig: `  sig: { type: hmac, clients: [ { id: bench, secret: "${HMAC_SECRET}", subject: bench } ], message: [method, path, timestamp, body], requireNonce: false, maxSkewSec: 3600 }`,
 };
 const pc = (cfg: string) => () => startPinned(process.execPath, ['--max-semi-space-size=16', join(ROOT, 'bin/portcullis.js'), 'serve', '--config', cfg]);
 const TARGETS: Target[] = [
@@ -125,11 +137,11 @@ server { listen 127.0.0.1:${PORTS.proxy} ssl; ssl_certificate ${W}/server.crt; s
   { name: 'undici-floor', label: 'bare Node https + undici Pool, no auth', scheme: 'https', mtls: true, start: () => startPinned(process.execPath, [join(HERE, 'undici-floor.ts'), String(PORTS.proxy), String(PORTS.upstream), join(W, 'server.crt'), join(W, 'server.key'), join(W, 'ca.crt')]) },
   { name: 'pc-mtls', label: 'Portcullis mTLS', scheme: 'https', mtls: true, start: pc(pcConfig('pc-mtls', '', 'cert')) },
   { name: 'pc-jwt', label: 'Portcullis mTLS + RS256 JWT', scheme: 'https', mtls: true, headers: [`Authorization: Bearer ${JWT}`],
-    start: pc(pcConfig('pc-jwt', '  jwt: { type: jwt, issuer: "https://bench.test", audience: bench, algorithms: [RS256], jwks: { file: jwks.json } }', '{ all: [cert, jwt] }')) },
+    start: pc(pcConfig('pc-jwt', AUTH.jwt, '{ all: [cert, jwt] }')) },
   { name: 'pc-apikey', label: 'Portcullis mTLS + API key', scheme: 'https', mtls: true, headers: [`X-API-Key: ${API_KEY}`],
-    start: pc(pcConfig('pc-apikey', `  key: { type: apiKey, keys: [ { id: bench, hash: "sha256:${createHash('sha256').update(API_KEY).digest('hex')}", subject: bench } ] }`, '{ all: [cert, key] }')) },
+    start: pc(pcConfig('pc-apikey', AUTH.key, '{ all: [cert, key] }')) },
   { name: 'pc-hmac', label: 'Portcullis mTLS + HMAC over 1 KiB body', scheme: 'https', mtls: true, script: join(W, 'hmac.lua'),
-    start: pc(pcConfig('pc-hmac', `  sig: { type: hmac, clients: [ { id: bench, secret: "${HMAC_SECRET}", subject: bench } ], message: [method, path, timestamp, body], requireNonce: false, maxSkewSec: 3600 }`, '{ all: [cert, sig] }')) },
+    start: pc(pcConfig('pc-hmac', AUTH.sig, '{ all: [cert, sig] }')) },
 ];
 function startHaproxy(jwt: boolean): ChildProcess {
   const f = join(W, `haproxy${jwt ? '-jwt' : ''}.cfg`);
@@ -163,9 +175,9 @@ function cpuTicks(pid: number | undefined): number {
   try { const f = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' '); return Number(f[11]) + Number(f[12]); } catch { return NaN; }
 }
 const ms = (v: string, unit: string) => Number(v) * ({ us: 0.001, ms: 1, s: 1000 }[unit] ?? NaN);
-function wrk(t: Target, handshake: boolean, pid?: number): Promise<Run> {
-  const url = `${t.scheme}://127.0.0.1:${t.scheme === 'http' ? PORTS.upstream : PORTS.proxy}/bench`;
-  const args = ['-c', LOAD_CPU, 'wrk', '-t1', `-c${CONNS}`, `-d${SECONDS}s`, '--latency', '--timeout', '5s'];
+function wrk(t: Target, handshake: boolean, pid?: number, seconds = SECONDS): Promise<Run> {
+  const url = `${t.scheme}://127.0.0.1:${t.scheme === 'http' ? PORTS.upstream : PORTS.proxy}${t.path ?? '/bench'}`;
+  const args = ['-c', LOAD_CPU, 'wrk', '-t1', `-c${CONNS}`, `-d${seconds}s`, '--latency', '--timeout', '5s'];
   for (const h of t.headers ?? []) args.push('-H', h);
   if (handshake) args.push('-H', 'Connection: close');
   if (t.script) args.push('-s', t.script);
@@ -196,6 +208,8 @@ function wrk(t: Target, handshake: boolean, pid?: number): Promise<Run> {
 const only = opt.only ? new Set(opt.only.split(',')) : undefined;
 const targets = TARGETS.filter((t) => !only || only.has(t.name) || t.name === 'nginx' || t.name === 'node-floor');
 interface Sample { ka: Run; hs?: Run; rss: number }
+interface Pair { route: string; plain: Run; same: Run; auth: Run }
+const pairs: Pair[] = [];
 const results = new Map<string, Sample[]>(targets.map((t) => [t.name, []]));
 const upstream = startPinned('nginx', ['-c', upstreamConf]);
 await waitPort(PORTS.upstream);
@@ -213,6 +227,38 @@ try {
       process.stderr.write(`round ${round} ${t.name.padEnd(12)} ${ka.rps.toFixed(0).padStart(7)} req/s  cpu ${ka.cpuUs.toFixed(0)} µs/req  p50 ${ka.p50.toFixed(2)} ms  p99 ${ka.p99.toFixed(2)} ms  handshakes ${hs ? hs.rps.toFixed(0) : '-'}/s  rss ${rss.toFixed(0)} MiB${ka.errors || hs?.errors ? `  ERRORS ${ka.errors}/${hs?.errors ?? 0}` : ''}\n`);
       await stop(p);
       await new Promise((r) => setTimeout(r, 200));
+    }
+  }
+  // Authentication cost within one process: the mTLS-only route and each authenticated
+  // route alternate in short slices (order reversed every other triple), so both sides of
+  // a ratio share the process, its JIT and heap, and the same few seconds of a noisy machine.
+  if (AUTH_PAIRS > 0 && (!only || only.has('pc-mtls'))) {
+    const policy = (n: string, a: string) => `  - name: ${n}\n    match: { paths: ["/${n}/**"] }\n    authenticate: ${a}`;
+    const cfg = pcConfig('pc-auth', `${AUTH.jwt}\n${AUTH.key}\n${AUTH.sig}`, '', [policy('mtls', 'cert'), policy('jwt', '{ all: [cert, jwt] }'), policy('apikey', '{ all: [cert, key] }'), policy('hmac', '{ all: [cert, sig] }')].join('\n'));
+    const p = pc(cfg)();
+    try {
+      await waitPort(PORTS.proxy);
+      const route = (path: string, o: Partial<Target> = {}): Target => ({ name: path, label: path, scheme: 'https', mtls: true, start: () => p, path, ...o });
+      const hmacPair = hmacScript('hmac-pair.lua', '/hmac/bench');
+      const plain = route('/mtls/bench');
+      const routes: { name: string; auth: Target; same: Target }[] = [
+        { name: 'pc-jwt', auth: route('/jwt/bench', { headers: [`Authorization: Bearer ${JWT}`] }), same: route('/mtls/bench', { headers: [`Authorization: Bearer ${JWT}`] }) },
+        { name: 'pc-apikey', auth: route('/apikey/bench', { headers: [`X-API-Key: ${API_KEY}`] }), same: route('/mtls/bench', { headers: [`X-API-Key: ${API_KEY}`] }) },
+        { name: 'pc-hmac', auth: route('/hmac/bench', { script: hmacPair }), same: route('/mtls/bench', { script: hmacPair }) },
+      ];
+      for (const t of [plain, ...routes.flatMap((r) => [r.auth, r.same])]) await wrk(t, false, p.pid, 1); // warm-up
+      for (const r of routes) {
+        for (let i = 0; i < AUTH_PAIRS; i++) {
+          const order = i % 2 === 0 ? ['plain', 'same', 'auth'] as const : ['auth', 'same', 'plain'] as const;
+          const got: Partial<Record<'plain' | 'same' | 'auth', Run>> = {};
+          for (const k of order) got[k] = await wrk(k === 'plain' ? plain : r[k], false, p.pid, SLICE);
+          const x = got as Record<'plain' | 'same' | 'auth', Run>;
+          pairs.push({ route: r.name, ...x });
+          process.stderr.write(`auth cost ${r.name.padEnd(10)} ${i + 1}/${AUTH_PAIRS}  req/s ${x.auth.rps.toFixed(0)} vs same request ${x.same.rps.toFixed(0)} vs plain ${x.plain.rps.toFixed(0)}  cpu ${x.auth.cpuUs.toFixed(0)}/${x.same.cpuUs.toFixed(0)}/${x.plain.cpuUs.toFixed(0)} µs/req${x.auth.errors + x.same.errors + x.plain.errors ? `  ERRORS ${x.auth.errors}/${x.same.errors}/${x.plain.errors}` : ''}\n`);
+        }
+      }
+    } finally {
+      await stop(p);
     }
   }
 } finally {
@@ -238,6 +284,17 @@ const rows = targets.map((t) => {
 const authRows = targets.filter((t) => t.name.startsWith('pc-') && t.name !== 'pc-mtls' && results.has('pc-mtls')).map((t) =>
   `| ${t.label} | ${fmt(ratio(t.name, 'pc-mtls', (x) => x.ka.rps), 2)} | ${fmt(ratio('pc-mtls', t.name, (x) => x.ka.cpuUs), 2)} |`);
 const authTable = authRows.length ? `\n| route vs Portcullis mTLS-only | req/s ratio | CPU-per-request ratio (mTLS-only ÷ route) |\n|---|---|---|\n${authRows.join('\n')}\n` : '';
+const pairRows = TARGETS.filter((t) => pairs.some((p) => p.route === t.name)).map((t) => {
+  const ps = pairs.filter((p) => p.route === t.name);
+  const cell = (xs: number[]) => `${fmt(median(xs), 2)} (${range(xs, 2)})`;
+  return `| ${t.label} | ${cell(ps.map((p) => p.auth.rps / p.same.rps))} | ${cell(ps.map((p) => p.same.cpuUs / p.auth.cpuUs))} | ${cell(ps.map((p) => p.auth.rps / p.plain.rps))} | ${cell(ps.map((p) => p.plain.cpuUs / p.auth.cpuUs))} |`;
+});
+const pairTable = pairRows.length ? `\nAuthentication cost in one Portcullis process (\`/mtls/**\` → cert; \`/jwt/**\`, \`/apikey/**\`, \`/hmac/**\` → cert + that authenticator), ${AUTH_PAIRS} alternating triples of ${SLICE} s slices per route: the route, the mTLS-only route sent the very same request (token, key or signed 1 KiB POST, which it forwards unread), and the mTLS-only route with a plain GET. Median of the per-triple ratios (min–max).
+
+| route vs mTLS-only, same process | req/s ratio, same request | CPU/req ratio, same request | req/s ratio vs plain GET | CPU/req ratio vs plain GET |
+|---|---|---|---|---|
+${pairRows.join('\n')}
+` : '';
 const version = (cmd: string, args: string[]) => { const r = spawnSync(cmd, args, { encoding: 'utf8' }); return (r.stdout + r.stderr).split('\n').find((l) => l.trim())?.trim() ?? '?'; };
 const table = [
   `| configuration | keep-alive req/s, median (min–max) | × nginx | × Node floor | proxy CPU µs/req | p50 ms | p99 ms | p99 × nginx | full handshakes/s, median (min–max) | × nginx | peak RSS MiB |`,
@@ -246,10 +303,10 @@ const table = [
 ].join('\n');
 const report = `Run ${new Date().toISOString()} on ${cpus().length} × ${cpus()[0]?.model ?? '?'}; ${ROUNDS} rounds × ${SECONDS} s per figure, ${CONNS} connections, wrk on CPU ${LOAD_CPU}, proxy + upstream (nginx \`return 200\`) on CPU ${SERVER_CPU}.
 Versions: node ${process.version}; ${version('nginx', ['-v'])}; ${version('haproxy', ['-v'])}; ${version('wrk', ['-v'])}; ${version('openssl', ['version'])}.
-Command: \`npm run bench -- --rounds ${ROUNDS} --seconds ${SECONDS} --connections ${CONNS}${opt.only ? ` --only ${opt.only}` : ''}\`
+Command: \`npm run bench -- --rounds ${ROUNDS} --seconds ${SECONDS} --connections ${CONNS} --auth-pairs ${AUTH_PAIRS} --slice ${SLICE}${opt.only ? ` --only ${opt.only}` : ''}\`
 
 ${table}
-${authTable}
+${authTable}${pairTable}
 Ratios are computed per round against the reference measured in the same round, then the median is taken.
 `;
 console.log(report);

@@ -1,6 +1,6 @@
 // type: apiKey — keys stored only as SHA-256 hashes, looked up by the hash of
 // the presented key (a map lookup: no early-exit comparison of secrets).
-import { createHash, randomBytes } from 'node:crypto';
+import { hash, randomBytes } from 'node:crypto';
 import { z } from 'zod';
 import { parse as parseYaml } from 'yaml';
 import type { BlockList } from 'node:net';
@@ -19,7 +19,9 @@ export function newApiKey(env: 'prod' | 'test' | 'dev'): string {
   return `kapi_${env}_${s}`;
 }
 
-export const hashKey = (key: string) => `sha256:${createHash('sha256').update(key, 'utf8').digest('hex')}`;
+/** The hex SHA-256 of a key (one-shot `crypto.hash`: ~0.5 µs against ~1.1 µs for createHash). */
+const sha256Hex = (key: string): string => hash('sha256', key, 'hex');
+export const hashKey = (key: string) => `sha256:${sha256Hex(key)}`;
 
 export const keyEntry = z.strictObject({
   id: z.string().min(1),
@@ -45,7 +47,7 @@ const schema = z.strictObject({
   forward: z.boolean().default(false),
 });
 
-interface Key { id: string; subject: string; scopes: readonly string[]; expiresAt?: number; revoked: boolean; allowIps?: BlockList; denyIps?: BlockList }
+interface Key { id: string; subject: string; scopes: readonly string[]; expiresAt?: number; revoked: boolean; allowIps?: BlockList; denyIps?: BlockList; allowed: Verdict }
 
 export const apiKey = defineAuthenticator({
   type: 'apiKey',
@@ -70,11 +72,14 @@ export const apiKey = defineAuthenticator({
     const issues: ConfigIssue[] = [];
     for (const { e, path } of entries) {
       if (ids.has(e.id)) issues.push({ path, message: `duplicate key id "${e.id}"` });
-      if (byHash.has(e.hash)) issues.push({ path, message: `key "${e.id}" has the same hash as another key` });
+      if (byHash.has(e.hash.slice('sha256:'.length))) issues.push({ path, message: `key "${e.id}" has the same hash as another key` });
       ids.add(e.id);
-      byHash.set(e.hash, {
-        id: e.id, subject: e.subject, scopes: Object.freeze([...e.scopes]), expiresAt: e.expiresAt, revoked: e.revoked,
+      const scopes = Object.freeze([...e.scopes]);
+      // Keyed by the hex digest alone; the verdict is immutable, one per key.
+      byHash.set(e.hash.slice('sha256:'.length), {
+        id: e.id, subject: e.subject, scopes, expiresAt: e.expiresAt, revoked: e.revoked,
         allowIps: e.allowIps ? blockList(e.allowIps) : undefined, denyIps: e.denyIps ? blockList(e.denyIps) : undefined,
+        allowed: allow({ subject: e.subject, keyId: e.id, scopes }, `API key ${e.id}`),
       });
     }
     if (issues.length) throw new ConfigError(issues);
@@ -92,7 +97,13 @@ export const apiKey = defineAuthenticator({
         if (headerName) {
           // Accept the header in any "-"/"_" spelling (X_AUTH_XPUB), but only once.
           const values: string[] = [];
-          for (const [k, v] of Object.entries(req.headers)) if (foldHeader(k) === headerName && v !== undefined) values.push(...(Array.isArray(v) ? v : [v]));
+          const h = req.headers;
+          for (const k in h) {
+            const v = h[k];
+            if (v === undefined || k.length !== headerName.length || (k !== headerName && foldHeader(k) !== headerName)) continue;
+            if (typeof v === 'string') values.push(v);
+            else values.push(...v);
+          }
           if (!values.length) return skip('AUTH_003', `no ${'header' in from ? from.header : ''} header`);
           if (values.length > 1 || values[0]!.includes(',')) return deny('AUTH_003', 'API key sent more than once');
           presented = values[0]!.trim();
@@ -105,13 +116,13 @@ export const apiKey = defineAuthenticator({
         }
         if (!presented) return deny('AUTH_003', 'empty API key');
         if (presented.length > 512) return deny('AUTH_003', 'API key too long');
-        const key = byHash.get(hashKey(presented));
+        const key = byHash.get(sha256Hex(presented));
         if (!key) return deny('AUTH_004', 'API key not found');
         if (key.revoked) return deny('AUTH_004', `API key ${key.id} is revoked`);
         if (key.expiresAt !== undefined && key.expiresAt <= req.now) return deny('AUTH_002', `API key ${key.id} expired at ${new Date(key.expiresAt).toISOString()}`);
         if (key.denyIps && inList(key.denyIps, req.clientIp)) return deny('AUTH_005', `API key ${key.id}: client IP ${req.clientIp} is in its denyIps`);
         if (key.allowIps && !inList(key.allowIps, req.clientIp)) return deny('AUTH_005', `API key ${key.id}: client IP ${req.clientIp} is not in its allowIps`);
-        return allow({ subject: key.subject, keyId: key.id, scopes: key.scopes }, `API key ${key.id}`);
+        return key.allowed;
       },
     };
   },

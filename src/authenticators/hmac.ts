@@ -98,12 +98,12 @@ function loadClients(cfg: Cfg, readFile: (p: string, path: readonly (string | nu
   return out;
 }
 
-function one(req: AuthRequest, name: string): string | undefined | 'twice' {
-  const want = foldHeader(name);
+/** The one value of a header in any "-"/"_" spelling; `want` is already folded. */
+function one(req: AuthRequest, want: string): string | undefined | 'twice' {
   let value: string | undefined;
   for (const k in req.headers) {
     const v = req.headers[k];
-    if (v === undefined || foldHeader(k) !== want) continue;
+    if (v === undefined || k.length !== want.length || (k !== want && foldHeader(k) !== want)) continue;
     if (value !== undefined || (Array.isArray(v) && v.length !== 1)) return 'twice';
     value = Array.isArray(v) ? v[0]! : v;
   }
@@ -142,6 +142,8 @@ export const hmac = defineAuthenticator({
 
     if (cfg.scheme === 'simple') {
       const h = { keyId: cfg.headers.keyId, timestamp: cfg.headers.timestamp, nonce: cfg.headers.nonce, signature: cfg.headers.signature };
+      const f = { keyId: foldHeader(h.keyId), timestamp: foldHeader(h.timestamp), nonce: foldHeader(h.nonce), signature: foldHeader(h.signature) };
+      const allowed = new Map([...clients.values()].map((c) => [c, allow({ subject: c.subject, keyId: c.id, scopes: c.scopes }, `signed by ${c.id}`)]));
       const decode = decoders[cfg.encoding];
       const needsBody = cfg.message.includes('body');
       const credentialHeaders = cfg.forward ? [] : [h.signature, h.keyId].map(foldHeader);
@@ -157,13 +159,14 @@ export const hmac = defineAuthenticator({
         needsBody,
         challenge: `HMAC realm="${ctx.name}"`,
         verify(req): Verdict {
-          const keyId = one(req, h.keyId);
-          const sig = one(req, h.signature);
+          const keyId = one(req, f.keyId);
+          const sig = one(req, f.signature);
           if (keyId === undefined && sig === undefined) return skip('AUTH_003', `no ${h.keyId} / ${h.signature} headers`);
-          const ts = one(req, h.timestamp);
-          const nonce = one(req, h.nonce);
-          for (const [n, v] of [[h.keyId, keyId], [h.signature, sig], [h.timestamp, ts], [h.nonce, nonce]] as const) {
-            if (v === 'twice') return deny('AUTH_003', `${n} sent more than once`);
+          const ts = one(req, f.timestamp);
+          const nonce = one(req, f.nonce);
+          if (keyId === 'twice' || sig === 'twice' || ts === 'twice' || nonce === 'twice') {
+            const n = keyId === 'twice' ? h.keyId : sig === 'twice' ? h.signature : ts === 'twice' ? h.timestamp : h.nonce;
+            return deny('AUTH_003', `${n} sent more than once`);
           }
           if (!keyId || !sig || !ts) return deny('AUTH_003', `missing ${[!keyId && h.keyId, !sig && h.signature, !ts && h.timestamp].filter(Boolean).join(', ')}`);
           if ((cfg.requireNonce ?? true) && !nonce) return deny('AUTH_003', `missing ${h.nonce}`);
@@ -186,13 +189,13 @@ export const hmac = defineAuthenticator({
               : part === 'timestamp' ? ts
               : part === 'nonce' ? (nonce ?? '')
               : part === 'keyId' ? keyId
-              : (() => { const v = one(req, part.slice(7)); return typeof v === 'string' ? v : ''; })();
+              : (() => { const v = one(req, foldHeader(part.slice(7))); return typeof v === 'string' ? v : ''; })();
             mac.update(value, 'utf8');
           });
           const expected = mac.digest();
           if (expected.length !== provided.length || !timingSafeEqual(expected, provided)) return deny('AUTH_001', 'signature does not match');
           if (nonce) { const r = remember(c, nonce, t + skewMs, req.now); if (r) return r; }
-          return allow({ subject: c.subject, keyId: c.id, scopes: c.scopes }, `signed by ${c.id}`);
+          return allowed.get(c)!;
         },
       };
     }

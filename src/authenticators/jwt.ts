@@ -1,5 +1,6 @@
 // type: jwt — bearer tokens verified with jose against a shared secret, a local
-// JWKS file or a remote JWKS. Verified tokens are cached (keyed by the whole token) until exp.
+// JWKS file or a remote JWKS. Verified tokens are cached until exp; a cache hit is the
+// whole token, byte for byte, found by its signature's tail.
 import { createSecretKey } from 'node:crypto';
 import { z } from 'zod';
 import { LRUCache } from 'lru-cache';
@@ -55,6 +56,16 @@ const schema = z.strictObject({
 type Cfg = z.output<typeof schema>;
 
 interface Verified { payload: JWTPayload; expMs: number; subject?: string; scopes: readonly string[] }
+/** A cache entry: the verified token itself, and its verdict when it depends on nothing but the token. */
+interface Cached { readonly token: string; readonly v: Verified; verdict?: Verdict }
+
+/**
+ * Cache key: the last 43 characters (>= 256 bits of every JWS signature). Hashing a
+ * whole 600-byte token cost ~1 µs per request; a hit is confirmed against the whole
+ * token, so two tokens sharing a tail only miss (and are verified in full).
+ */
+const KEY_CHARS = 43;
+const keyOf = (token: string): string => (token.length > KEY_CHARS ? token.slice(-KEY_CHARS) : token);
 
 const JOSE_CODES: Record<string, AuthCode> = {
   ERR_JWT_EXPIRED: 'AUTH_002',
@@ -145,7 +156,7 @@ export const jwt = defineAuthenticator({
       }
     }
 
-    const cache = cfg.cache.maxEntries > 0 ? new LRUCache<string, Verified>({ max: cfg.cache.maxEntries }) : undefined;
+    const cache = cfg.cache.maxEntries > 0 ? new LRUCache<string, Cached>({ max: cfg.cache.maxEntries }) : undefined;
     const tolMs = cfg.clockToleranceSec * 1000;
     const credentialHeaders = cfg.forward ? [] : 'cookie' in cfg.from ? [] : [cfg.from.header.toLowerCase()];
     const header = 'cookie' in cfg.from ? undefined : cfg.from.header.toLowerCase();
@@ -189,12 +200,11 @@ export const jwt = defineAuthenticator({
       // Synchronous for a token verified before (the cache); a first sighting waits for the signature check.
       verify(req): Verdict | Promise<Verdict> {
         if (cache && header) {
-          // Fast path: the header holds exactly a token verified before (cache keys are
-          // whole verified tokens, so a hit needs no further parsing).
+          // Fast path: the header holds exactly a token verified before; no parsing, no copy.
           const raw = req.headers[header];
           if (typeof raw === 'string' && raw.length > prefix.length && (raw.startsWith(prefix) || raw.slice(0, prefix.length).toLowerCase() === prefixLower)) {
-            const hit = cache.get(raw.slice(prefix.length));
-            if (hit && hit.expMs + tolMs > req.now) return accept(hit, req);
+            const hit = cache.get(keyOf(raw));
+            if (hit && raw.length === prefix.length + hit.token.length && raw.endsWith(hit.token) && hit.v.expMs + tolMs > req.now) return accept(hit, req);
           }
         }
         const found = extract(req, cfg.from);
@@ -202,19 +212,24 @@ export const jwt = defineAuthenticator({
         const token = found.token;
         if (token.length > cfg.maxTokenBytes) return deny('AUTH_003', `token is ${token.length} bytes, over maxTokenBytes`);
         if (!COMPACT.test(token)) return deny('AUTH_003', 'not a compact JWS (three base64url parts)');
-        const v = cache?.get(token);
-        if (v && v.expMs + tolMs > req.now) return accept(v, req);
-        if (v) cache!.delete(token);
+        const key = keyOf(token);
+        const c = cache?.get(key);
+        if (c && c.token === token) {
+          if (c.v.expMs + tolMs > req.now) return accept(c, req);
+          cache!.delete(key);
+        }
         return verifyToken(token, req.now).then((r) => {
           if ('kind' in r) return r;
-          cache?.set(token, r);
-          return accept(r, req);
+          const entry: Cached = { token, v: r };
+          cache?.set(key, entry);
+          return accept(entry, req);
         });
       },
     };
 
     /** A verified token (fresh or cached) is accepted: checks that depend on this request. */
-    function accept(v: Verified, req: AuthRequest): Verdict {
+    function accept(c: Cached, req: AuthRequest): Verdict {
+      const v = c.v;
       if (cfg.certificateBound) {
         const cnf = v.payload.cnf as Record<string, unknown> | undefined;
         const want = cnf?.['x5t#S256'];
@@ -224,7 +239,8 @@ export const jwt = defineAuthenticator({
         if (!cc.verified || !cc.cert) return deny('AUTH_010', `certificate-bound token with a refused client certificate (${cc.problem})`);
         if (cc.cert.x5tS256 !== want) return deny('AUTH_001', 'token is bound to a different client certificate');
       }
-      return allow({ subject: v.subject, scopes: v.scopes, claims: v.payload }, 'token verified');
+      // Verdicts are immutable: one per cached token serves every request that presents it.
+      return (c.verdict ??= allow({ subject: v.subject, scopes: v.scopes, claims: v.payload }, 'token verified'));
     }
   },
 });

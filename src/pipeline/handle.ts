@@ -39,7 +39,8 @@ function readBody(req: IncomingMessage, max: number): Promise<Buffer | 'too-larg
     let size = 0;
     const done = (v: Buffer | 'too-large' | 'aborted') => { req.off('data', onData); req.off('end', onEnd); req.off('error', onErr); req.off('aborted', onErr); resolve(v); };
     const onData = (c: Buffer) => { size += c.length; if (size > max) { req.pause(); done('too-large'); } else chunks.push(c); };
-    const onEnd = () => done(Buffer.concat(chunks, size));
+    // A small body arrives as one chunk, a buffer of its own: no copy needed.
+    const onEnd = () => done(chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks, size));
     const onErr = () => done('aborted');
     req.on('data', onData);
     req.once('end', onEnd);

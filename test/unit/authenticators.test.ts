@@ -4,7 +4,7 @@ import t from 'tap';
 import { readFileSync, mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
-import { createPublicKey, createSecretKey } from 'node:crypto';
+import { createHmac, createPublicKey, createSecretKey } from 'node:crypto';
 import { compactVerify, importJWK } from 'jose';
 import { AUTHENTICATOR_TYPES, AUTHENTICATORS_BY_TYPE } from '../../src/authenticators/registry.ts';
 import type { AuthRequest, CreateContext, Authenticator } from '../../src/authenticators/types.ts';
@@ -88,6 +88,38 @@ t.test('RFC 7515 Appendix A through the jwt authenticator (clock pinned before e
   }
   const confused = await auths['A.2'].verify(req({ headers: { authorization: `Bearer ${cases['A.1'].compact}` }, now: pinned }));
   t.same(confused.kind === 'deny' && confused.code, 'AUTH_001', 'an HS256 token where RS256 is configured');
+});
+
+t.test('jwt cache: a hit is the whole token, found by its signature tail', async (t) => {
+  const secret = 'cache-test-secret-0123456789abcdef0123456789';
+  const a = create({ type: 'jwt', algorithms: ['HS256'], secret, issuer: 'iss', audience: 'aud' });
+  const b64 = (o: unknown) => Buffer.from(JSON.stringify(o)).toString('base64url');
+  const now = Date.now();
+  const exp = Math.floor(now / 1000) + 60;
+  const input = `${b64({ alg: 'HS256', typ: 'JWT' })}.${b64({ sub: 'alice', iss: 'iss', aud: 'aud', exp })}`;
+  const sig = createHmac('sha256', secret).update(input).digest('base64url');
+  const token = `${input}.${sig}`;
+  const at = (h: string, when = now) => req({ headers: { authorization: h }, now: when });
+
+  const first = a.verify(at(`Bearer ${token}`));
+  t.ok(first instanceof Promise, 'first sighting: the signature is checked');
+  t.same(await first, { kind: 'allow', identity: { subject: 'alice', scopes: [], claims: { sub: 'alice', iss: 'iss', aud: 'aud', exp } }, reason: 'token verified' });
+  const again = a.verify(at(`Bearer ${token}`));
+  t.notOk(again instanceof Promise, 'the same token again: answered from the cache, synchronously');
+  t.equal((again as { kind: string }).kind, 'allow');
+  t.equal((a.verify(at(`bearer ${token}`)) as { kind: string }).kind, 'allow', 'scheme matched case-insensitively on the fast path');
+
+  // Same signature (so the same cache key), different payload: must not ride on the cached entry.
+  const forged = `${b64({ alg: 'HS256', typ: 'JWT' })}.${b64({ sub: 'mallory', iss: 'iss', aud: 'aud', exp })}.${sig}`;
+  const f = a.verify(at(`Bearer ${forged}`));
+  t.ok(f instanceof Promise, 'a token sharing the signature tail is verified in full');
+  t.match(await f, { kind: 'deny', code: 'AUTH_001' }, 'and refused: its signature does not match its payload');
+  const prefixed = a.verify(at(`Bearer x${token}`));
+  t.match(await prefixed, { kind: 'deny' }, 'the cached token with a byte in front is not a hit');
+  t.equal((a.verify(at(`Bearer ${token}`)) as { kind: string }).kind, 'allow', 'the genuine token is still cached');
+
+  const late = await a.verify(at(`Bearer ${token}`, exp * 1000 + 61_000));
+  t.match(late, { kind: 'deny', code: 'AUTH_002' }, 'a cached token past exp (+ tolerance) is expired, not served from the cache');
 });
 
 t.test('RFC 7520 §4: valid signatures over non-JWT payloads are not tokens', async (t) => {

@@ -17,7 +17,7 @@ const W = join(HERE, '.work');
 const { values: opt } = parseArgs({ options: {
   rounds: { type: 'string', default: '3' }, seconds: { type: 'string', default: '5' }, connections: { type: 'string', default: '50' },
   only: { type: 'string' }, out: { type: 'string' }, 'no-handshake': { type: 'boolean', default: false },
-  'auth-pairs': { type: 'string', default: '6' }, slice: { type: 'string', default: '2' },
+  'auth-pairs': { type: 'string', default: '12' }, slice: { type: 'string', default: '1' },
 } });
 const ROUNDS = Number(opt.rounds), SECONDS = Number(opt.seconds), CONNS = Number(opt.connections);
 const AUTH_PAIRS = Number(opt['auth-pairs']), SLICE = Number(opt.slice);
@@ -215,7 +215,8 @@ const upstream = startPinned('nginx', ['-c', upstreamConf]);
 await waitPort(PORTS.upstream);
 try {
   for (let round = 1; round <= ROUNDS; round++) {
-    for (const t of targets) {
+    // Every other round runs the list backwards, so no configuration always follows the same one.
+    for (const t of round % 2 ? targets : [...targets].reverse()) {
       const p = t.start();
       if (t.name !== 'direct') await waitPort(PORTS.proxy);
       await new Promise((r) => setTimeout(r, 300));

@@ -72,11 +72,12 @@ export const apiKey = defineAuthenticator({
     const issues: ConfigIssue[] = [];
     for (const { e, path } of entries) {
       if (ids.has(e.id)) issues.push({ path, message: `duplicate key id "${e.id}"` });
-      if (byHash.has(e.hash.slice('sha256:'.length))) issues.push({ path, message: `key "${e.id}" has the same hash as another key` });
+      // Keyed by the hex digest alone; the verdict is immutable, one per key.
+      const digest = e.hash.slice('sha256:'.length);
+      if (byHash.has(digest)) issues.push({ path, message: `key "${e.id}" has the same hash as another key` });
       ids.add(e.id);
       const scopes = Object.freeze([...e.scopes]);
-      // Keyed by the hex digest alone; the verdict is immutable, one per key.
-      byHash.set(e.hash.slice('sha256:'.length), {
+      byHash.set(digest, {
         id: e.id, subject: e.subject, scopes, expiresAt: e.expiresAt, revoked: e.revoked,
         allowIps: e.allowIps ? blockList(e.allowIps) : undefined, denyIps: e.denyIps ? blockList(e.denyIps) : undefined,
         allowed: allow({ subject: e.subject, keyId: e.id, scopes }, `API key ${e.id}`),

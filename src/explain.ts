@@ -6,7 +6,7 @@ import type { CompiledConfig } from './config/compile.ts';
 import { ERRORS } from './errors.ts';
 import { buildContext, type RequestContext } from './pipeline/context.ts';
 import { decide, type Decision } from './pipeline/decide.ts';
-import { prepareUpstreamRequest } from './pipeline/headers.ts';
+import { headerObject, upstreamRequest } from './pipeline/headers.ts';
 import type { ConnectionInfo } from './tls/peer.ts';
 import { verifyOffline } from './tls/offline.ts';
 
@@ -49,10 +49,9 @@ export async function explain(cfg: CompiledConfig, input: ExplainInput, now = Da
   const decision = await decide(cfg, c.ctx, now);
   const ex: Explanation = { input, sni, conn, ctx: c.ctx, decision };
   if (decision.outcome !== 'deny') {
-    const out: IncomingHttpHeaders = { ...headers };
-    const url = prepareUpstreamRequest(out, c.ctx, decision, cfg, false);
-    ex.upstreamHeaders = out;
-    ex.upstreamUrl = new URL(url, cfg.upstream.url).href;
+    const up = upstreamRequest(headers, c.ctx, decision, cfg, false);
+    ex.upstreamHeaders = headerObject(up.headers);
+    ex.upstreamUrl = new URL(up.url, cfg.upstream.url).href;
   }
   return ex;
 }

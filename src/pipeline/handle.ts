@@ -10,7 +10,7 @@ import type { Metrics } from '../metrics.ts';
 import type { ConnectionInfo } from '../tls/peer.ts';
 import { buildContext, type RequestContext } from './context.ts';
 import { decide, policyFor, type Decision } from './decide.ts';
-import { prepareUpstreamRequest } from './headers.ts';
+import { headerObject, headerSafe, upstreamRequest, type UpstreamRequest } from './headers.ts';
 import type { Forwarded, Upstream, UpstreamFailure } from './upstream.ts';
 import { isPromise, type MaybePromise } from './requirements.ts';
 
@@ -99,7 +99,7 @@ export function createHandler(deps: HandlerDeps) {
 
   const timed = (auth: { name: string }, s: number) => metrics.observeAuth(auth.name, s);
 
-  interface Admitted { ctx: RequestContext; d: Decision; body?: Buffer }
+  interface Admitted { ctx: RequestContext; d: Decision; body?: Buffer; up: UpstreamRequest }
   /** What admission learnt about a request, for its access log line. */
   interface Outcome { id: string; ctx?: RequestContext; d?: Decision; code?: ErrorCode; clientGone?: boolean }
   type Refuse = (code: ErrorCode, id: string, d?: Decision) => void;
@@ -170,8 +170,7 @@ export function createHandler(deps: HandlerDeps) {
       return undefined;
     }
     // Allowed (or report-only): strip what the client may not set, set what we vouch for.
-    req.url = prepareUpstreamRequest(req.headers, ctx, d, cfg, req.headers.upgrade !== undefined);
-    return { ctx, d, body };
+    return { ctx, d, body, up: upstreamRequest(req.headers, ctx, d, cfg, req.headers.upgrade !== undefined) };
   }
 
   /**
@@ -252,17 +251,17 @@ export function createHandler(deps: HandlerDeps) {
     sendError(res, 'INTERNAL', ex.id);
   }
 
-  function forward(req: IncomingMessage, res: ServerResponse, cfg: CompiledConfig, ex: Exchange, { ctx, d, body }: Admitted): void {
+  function forward(req: IncomingMessage, res: ServerResponse, cfg: CompiledConfig, ex: Exchange, { ctx, d, body, up }: Admitted): void {
     const h = ex.responseHeaders;
     if (cfg.identity.debugHeaders && d.identity) {
       h.push('x-auth-method', d.identity.methods.join(','));
-      if (d.identity.subject !== undefined) h.push('x-auth-user-id', req.headers[cfg.identity.headers.subject] as string);
-      if (d.identity.keyId !== undefined) h.push('x-auth-key-id', req.headers[cfg.identity.headers.keyId] as string);
+      if (d.identity.subject !== undefined) h.push('x-auth-user-id', headerSafe(d.identity.subject));
+      if (d.identity.keyId !== undefined) h.push('x-auth-key-id', headerSafe(d.identity.keyId));
       h.push('x-auth-ip', ctx.clientIp);
     }
     h.push('x-request-id', ctx.id);
     ex.tUp = performance.now();
-    ex.cancel = deps.upstream(cfg).web(req, res, body, ex);
+    ex.cancel = deps.upstream(cfg).web(req, res, up, body, ex);
   }
 
   async function onUpgrade(req: IncomingMessage, socket: Duplex, head: Buffer): Promise<void> {
@@ -281,7 +280,10 @@ export function createHandler(deps: HandlerDeps) {
       logAccess(cfg, ex.ctx, ex.id, ex.ctx?.method ?? req.method, ex.d, ex.code, status, t0);
       return;
     }
-    const { ctx, d } = admitted;
+    const { ctx, d, up } = admitted;
+    // http-proxy-3 forwards the request object: give it the upstream URL and headers.
+    req.url = up.url;
+    req.headers = headerObject(up.headers);
     logAccess(cfg, ctx, ctx.id, ctx.method, d, d.code, 101, t0);
     deps.upstream(cfg).ws(req, socket, head, (f, detail) => {
       logger.error({ msg: 'upstream error', requestId: ctx.id, code: f, detail });

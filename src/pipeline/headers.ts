@@ -49,53 +49,52 @@ function buildXfcc(cert: PeerCert): string {
   return headerSafe(parts.join(';'));
 }
 
-/** Remove hop-by-hop headers, those nominated by Connection, and reserved identity headers. */
-export function stripInbound(headers: IncomingHttpHeaders, reserved: ReadonlySet<string>, keepUpgrade: boolean): void {
-  const conn = headers.connection;
-  if (conn) {
-    for (const tok of String(conn).split(',')) {
-      const name = tok.trim().toLowerCase();
-      if (name && !(keepUpgrade && name === 'upgrade')) delete headers[name];
-    }
+/**
+ * Names (folded) never forwarded as the client sent them: hop-by-hop, those undici
+ * frames itself, reserved identity headers, what Portcullis sets itself, and the
+ * credential headers of the policy's authenticators. One set per policy, built on
+ * first use (policies and their authenticators are fixed for a config's lifetime).
+ */
+const NOT_FORWARDED = ['transfer-encoding', 'expect', 'host', 'x-forwarded-for', 'x-forwarded-proto', 'x-forwarded-host', 'x-request-id'];
+const dropSets = new WeakMap<object, ReadonlySet<string>>();
+function dropSet(cfg: CompiledConfig, policy: { readonly authenticators: readonly Authenticator[] } | undefined): ReadonlySet<string> {
+  const key = policy ?? cfg.identity;
+  let set = dropSets.get(key);
+  if (!set) {
+    set = new Set([...HOP_BY_HOP, ...NOT_FORWARDED, ...cfg.identity.reserved, ...(policy?.authenticators.flatMap((a) => a.credentialHeaders) ?? [])].map(foldHeader));
+    dropSets.set(key, set);
   }
-  for (const h of HOP_BY_HOP) if (!(keepUpgrade && h === 'upgrade')) delete headers[h];
-  for (const name in headers) {
-    if (reserved.has(foldHeader(name))) delete headers[name];
-  }
-  if (keepUpgrade) headers.connection = 'upgrade';
+  return set;
 }
 
-export function setIdentity(headers: IncomingHttpHeaders, ctx: RequestContext, identity: Identity | undefined, cfg: CompiledConfig): void {
+/** Append what Portcullis vouches for: the identity, the client certificate, forwarding headers. */
+function pushIdentity(out: string[], ctx: RequestContext, identity: Identity | undefined, cfg: CompiledConfig): void {
   const h = cfg.identity.headers;
   if (identity) {
-    if (identity.subject !== undefined) headers[h.subject] = headerSafe(identity.subject);
-    if (identity.methods.length) headers[h.method] = identity.methods.join(',');
-    if (identity.keyId !== undefined) headers[h.keyId] = headerSafe(identity.keyId);
-    if (identity.scopes.length) headers[h.scopes] = headerSafe(identity.scopes.join(' '));
+    if (identity.subject !== undefined) out.push(h.subject, headerSafe(identity.subject));
+    if (identity.methods.length) out.push(h.method, identity.methods.join(','));
+    if (identity.keyId !== undefined) out.push(h.keyId, headerSafe(identity.keyId));
+    if (identity.scopes.length) out.push(h.scopes, headerSafe(identity.scopes.join(' ')));
     if (identity.claims) {
       for (const [header, claim] of cfg.identity.claims) {
         const v = identity.claims[claim];
-        if (v !== undefined && v !== null) headers[header] = headerSafe(typeof v === 'string' ? v : JSON.stringify(v));
+        if (v !== undefined && v !== null) out.push(header, headerSafe(typeof v === 'string' ? v : JSON.stringify(v)));
       }
     }
   }
   // The client certificate is vouched for whenever the handshake verified it.
   const cc = ctx.conn.clientCert;
   if (cc.verified && cc.cert) {
-    if (cfg.identity.clientCertFormat === 'rfc9440') headers['client-cert'] = `:${cc.cert.der.toString('base64')}:`;
-    else headers[h.clientCert] = xfcc(cc.cert);
+    if (cfg.identity.clientCertFormat === 'rfc9440') out.push('client-cert', `:${cc.cert.der.toString('base64')}:`);
+    else out.push(h.clientCert, xfcc(cc.cert));
   }
-  headers['x-forwarded-for'] = ctx.priorForwardedFor ? `${ctx.priorForwardedFor}, ${ctx.peerIp}` : ctx.peerIp;
-  headers['x-forwarded-proto'] = 'https';
-  headers['x-forwarded-host'] = headerSafe(ctx.authority);
-  headers['x-request-id'] = ctx.id;
-  headers.host = ctx.authority;
-}
-
-/** Remove a header in every spelling ("-" or "_", any case). */
-function deleteHeader(headers: IncomingHttpHeaders, name: string): void {
-  delete headers[name];
-  for (const k in headers) if (k !== name && foldHeader(k) === name) delete headers[k];
+  out.push(
+    'x-forwarded-for', ctx.priorForwardedFor ? `${ctx.priorForwardedFor}, ${ctx.peerIp}` : ctx.peerIp,
+    'x-forwarded-proto', 'https',
+    'x-forwarded-host', headerSafe(ctx.authority),
+    'x-request-id', ctx.id,
+    'host', ctx.authority,
+  );
 }
 
 /** The query string without the named parameters; every other byte kept as sent. */
@@ -109,25 +108,57 @@ export function withoutParams(query: string, names: readonly string[]): string {
   }).join('&');
 }
 
+/** An admitted request as it goes upstream. */
+export interface UpstreamRequest {
+  /** Normalised path and the query without credential parameters. */
+  readonly url: string;
+  /** Headers as [name, value, name, value, ...]. */
+  readonly headers: string[];
+}
+
 /**
- * Everything done to an admitted request before it goes upstream: credentials
- * removed (headers and query parameters), reserved headers stripped, identity
- * set. Returns the URL (normalised path + remaining query) to forward.
+ * Everything done to an admitted request before it goes upstream, in one pass over
+ * the client's headers (they are read, never mutated): credentials removed (headers
+ * and query parameters), hop-by-hop and reserved headers dropped in any "-"/"_"
+ * spelling, then the identity set.
  */
-export function prepareUpstreamRequest(
+export function upstreamRequest(
   headers: IncomingHttpHeaders,
   ctx: RequestContext,
   d: { readonly policy?: { readonly authenticators: readonly Authenticator[] }; readonly identity?: Identity },
   cfg: CompiledConfig,
   upgrade: boolean,
-): string {
+): UpstreamRequest {
   let query = ctx.query;
   for (const a of d.policy?.authenticators ?? []) {
-    for (const h of a.credentialHeaders) deleteHeader(headers, h);
     if (a.credentialQueryParams?.length) query = withoutParams(query, a.credentialQueryParams);
   }
-  stripInbound(headers, cfg.identity.reserved, upgrade);
+  const drop = dropSet(cfg, d.policy);
+  // Headers the client nominated as hop-by-hop in its Connection header.
+  const conn = headers.connection;
+  const nominated = conn ? String(conn).split(',').map((t) => foldHeader(t.trim().toLowerCase())) : undefined;
+  const out: string[] = [];
+  for (const name in headers) {
+    const v = headers[name];
+    if (v === undefined) continue;
+    const f = foldHeader(name);
+    if (upgrade && f === 'upgrade') { /* kept for the WebSocket handshake */ } else if (drop.has(f) || nominated?.includes(f)) continue;
+    if (typeof v === 'string') out.push(name, v);
+    else for (const one of v) out.push(name, one);
+  }
+  if (upgrade) out.push('connection', 'upgrade');
   // A report-only denial forwards with whatever identity was verified (none if authentication failed).
-  setIdentity(headers, ctx, d.identity, cfg);
-  return query ? `${ctx.path}?${query}` : ctx.path;
+  pushIdentity(out, ctx, d.identity, cfg);
+  return { url: query ? `${ctx.path}?${query}` : ctx.path, headers: out };
+}
+
+/** The header list as an object (for http-proxy-3 and `explain`); repeated names become arrays. */
+export function headerObject(list: readonly string[]): IncomingHttpHeaders {
+  const o: Record<string, string | string[]> = {};
+  for (let i = 0; i < list.length; i += 2) {
+    const k = list[i]!, v = list[i + 1]!;
+    const prev = o[k];
+    o[k] = prev === undefined ? v : Array.isArray(prev) ? [...prev, v] : [prev, v];
+  }
+  return o as IncomingHttpHeaders;
 }

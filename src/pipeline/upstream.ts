@@ -14,13 +14,12 @@ import type { Dispatcher } from 'undici';
 // bundled undici (~13 MiB of resident memory) that Portcullis never uses.
 import Pool from 'undici/lib/dispatcher/pool.js';
 import type { CompiledConfig } from '../config/compile.ts';
+import type { UpstreamRequest } from './headers.ts';
 
 export type UpstreamFailure = 'UPSTREAM_UNAVAILABLE' | 'UPSTREAM_TIMEOUT';
 
 /** Response headers never relayed: hop-by-hop (RFC 9110 §7.6.1); Node frames the response itself. */
 const HOP_BY_HOP_RESPONSE = new Set(['connection', 'keep-alive', 'proxy-connection', 'transfer-encoding', 'upgrade', 'te', 'trailer']);
-/** Request headers undici frames itself (and refuses), or that are hop-by-hop. */
-const NOT_FORWARDED = new Set(['transfer-encoding', 'connection', 'keep-alive', 'upgrade', 'expect']);
 
 export interface Forwarded {
   /** Headers Portcullis adds to the response, as [name, value, name, value, ...]. */
@@ -128,25 +127,18 @@ export class Upstream {
   }
 
   /**
-   * Forward a plain request; `body` is the already-buffered body of a signed
-   * request, sent byte-for-byte, else the request is streamed. Returns a cancel
-   * function for when the client goes away.
+   * Forward a plain request with the headers and URL admission prepared; `body` is the
+   * already-buffered body of a signed request, sent byte-for-byte, else the request is
+   * streamed. Returns a cancel function for when the client goes away.
    */
-  web(req: http.IncomingMessage, res: http.ServerResponse, body: Buffer | undefined, f: Forwarded): () => void {
+  web(req: http.IncomingMessage, res: http.ServerResponse, up: UpstreamRequest, body: Buffer | undefined, f: Forwarded): () => void {
     const h = req.headers;
     const hasBody = body !== undefined || h['transfer-encoding'] !== undefined || (h['content-length'] !== undefined && h['content-length'] !== '0');
-    const headers: string[] = [];
-    for (const k in h) {
-      const v = h[k];
-      if (v === undefined || NOT_FORWARDED.has(k)) continue;
-      if (typeof v === 'string') headers.push(k, v);
-      else for (const one of v) headers.push(k, one);
-    }
     const relay = new Relay(res, f);
     this.#pool.dispatch({
-      path: this.#basePath + (req.url ?? '/'),
+      path: this.#basePath + up.url,
       method: req.method as Dispatcher.HttpMethod,
-      headers,
+      headers: up.headers,
       body: body ?? (hasBody ? req : null),
     }, relay);
     return () => relay.cancel();

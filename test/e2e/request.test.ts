@@ -124,9 +124,11 @@ t.test('spoofed identity headers never reach the upstream, in any spelling', asy
 });
 
 t.test('Connection-nominated headers cannot remove the identity Portcullis sets', async (t) => {
-  await rawTls(h, fx, `GET /api/conn HTTP/1.1\r\nHost: a.test\r\nConnection: close, X-Auth-User-ID, X-Forwarded-Client-Cert\r\nX-Secret-Hop: 1\r\n\r\n`, client(fx, 'valid'));
+  await rawTls(h, fx, `GET /api/conn HTTP/1.1\r\nHost: a.test\r\nConnection: close, X-Auth-User-ID, X-Forwarded-Client-Cert, X_Secret_Hop\r\nX-Secret-Hop: 1\r\nX-Kept: yes\r\n\r\n`, client(fx, 'valid'));
   const up = h.seen.at(-1)!;
   t.equal(up.url, '/api/conn');
+  t.equal(up.headers['x-secret-hop'], undefined, 'a header the client nominated in Connection (any spelling) is hop-by-hop: not forwarded');
+  t.equal(up.headers['x-kept'], 'yes', 'other headers are forwarded');
   t.equal(up.headers['x-auth-user-id'], 'client-1');
   t.ok(up.headers['x-forwarded-client-cert']);
   t.notMatch(String(up.headers.connection ?? ''), /x-auth/i, 'Connection header not forwarded as sent');

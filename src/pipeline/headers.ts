@@ -1,5 +1,5 @@
-// Header mutation for the upstream: strip what a client must not set, then set
-// what Portcullis vouches for. Works on the request's header object in place.
+// Header mutation for the upstream: the client's headers minus what a client must not
+// set, plus what Portcullis vouches for, built as a new list (the request is not mutated).
 import type { IncomingHttpHeaders } from 'node:http';
 import type { CompiledConfig } from '../config/compile.ts';
 import { foldHeader } from '../util/net.ts';
@@ -142,7 +142,8 @@ export function upstreamRequest(
     const v = headers[name];
     if (v === undefined) continue;
     const f = foldHeader(name);
-    if (upgrade && f === 'upgrade') { /* kept for the WebSocket handshake */ } else if (drop.has(f) || nominated?.includes(f)) continue;
+    // `upgrade` is hop-by-hop, but a WebSocket handshake forwards it.
+    if ((drop.has(f) || nominated?.includes(f)) && !(upgrade && f === 'upgrade')) continue;
     if (typeof v === 'string') out.push(name, v);
     else for (const one of v) out.push(name, one);
   }

@@ -2,7 +2,7 @@
 // bodies streamed byte-for-byte, and a trusted proxy's X-Forwarded-For.
 import t from 'tap';
 import tls from 'node:tls';
-import { createServer } from 'node:net';
+import { createServer, type Socket } from 'node:net';
 import { makeFixture } from '../helpers/pki.ts';
 import { startHarness, request, client, baseConfig, until } from '../helpers/harness.ts';
 
@@ -195,12 +195,18 @@ t.test('a client that leaves while the upstream is answering: the upstream excha
   t.equal((await request(h, fx, { path: '/fine' })).status, 200, 'and the proxy keeps serving');
 });
 
-t.test('an upstream response Node cannot relay (a control character in a header value) -> 502, not a crash', async (t) => {
-  const raw = createServer((s) => s.once('data', () => s.end('HTTP/1.1 200 OK\r\nX-Bad: a\x01b\r\nContent-Length: 2\r\n\r\nok')));
+/** Portcullis in front of a raw TCP upstream that answers with hand-written bytes. */
+async function behindRawUpstream(t: { teardown(fn: () => unknown): void }, onConnection: (s: Socket) => void) {
+  const raw = createServer(onConnection);
   await new Promise<void>((r) => raw.listen(0, '127.0.0.1', () => r()));
   t.teardown(() => raw.close());
   const h = await startHarness(fx, baseConfig(policies), { upstreamPort: (raw.address() as { port: number }).port });
   t.teardown(() => h.close());
+  return h;
+}
+
+t.test('an upstream response Node cannot relay (a control character in a header value) -> 502, not a crash', async (t) => {
+  const h = await behindRawUpstream(t, (s) => s.once('data', () => s.end('HTTP/1.1 200 OK\r\nX-Bad: a\x01b\r\nContent-Length: 2\r\n\r\nok')));
   const r = await request(h, fx, { path: '/x' });
   t.same([r.status, r.json.error.code], [502, 'UPSTREAM_UNAVAILABLE']);
   t.equal(r.headers['x-bad'], undefined, 'the header never reached the client');
@@ -209,11 +215,7 @@ t.test('an upstream response Node cannot relay (a control character in a header 
 });
 
 t.test('response hop-by-hop headers from the upstream are not relayed; the rest arrive as sent', async (t) => {
-  const raw = createServer((s) => s.on('data', () => s.write('HTTP/1.1 200 OK\r\nConnection: X-Hop, keep-alive\r\nX-Hop: internal\r\nKeep-Alive: timeout=99\r\nProxy-Connection: keep-alive\r\nX-Kept: Mixed Case Value\r\nSet-Cookie: a=1\r\nSet-Cookie: b=2\r\nContent-Length: 2\r\n\r\nok')));
-  await new Promise<void>((r) => raw.listen(0, '127.0.0.1', () => r()));
-  t.teardown(() => raw.close());
-  const h = await startHarness(fx, baseConfig(policies), { upstreamPort: (raw.address() as { port: number }).port });
-  t.teardown(() => h.close());
+  const h = await behindRawUpstream(t, (s) => s.on('data', () => s.write('HTTP/1.1 200 OK\r\nConnection: X-Hop, keep-alive\r\nX-Hop: internal\r\nKeep-Alive: timeout=99\r\nProxy-Connection: keep-alive\r\nX-Kept: Mixed Case Value\r\nSet-Cookie: a=1\r\nSet-Cookie: b=2\r\nContent-Length: 2\r\n\r\nok')));
   const r = await request(h, fx, { path: '/x' });
   t.same([r.status, r.body], [200, 'ok']);
   t.equal(r.headers['x-hop'], undefined, 'a header the upstream nominated in Connection');

@@ -204,7 +204,9 @@ export const jwt = defineAuthenticator({
           const raw = req.headers[header];
           if (typeof raw === 'string' && raw.length > prefix.length && (raw.startsWith(prefix) || raw.slice(0, prefix.length).toLowerCase() === prefixLower)) {
             const hit = cache.get(keyOf(raw));
-            if (hit && raw.length === prefix.length + hit.token.length && raw.endsWith(hit.token) && hit.v.expMs + tolMs > req.now) return accept(hit, req);
+            // `slice() ===` compares the characters with memcmp; `endsWith` walks them one at a
+            // time (0.3–1.3 µs for a 600-character token, against 45 ns: bench/RESULTS.md).
+            if (hit && raw.length === prefix.length + hit.token.length && raw.slice(prefix.length) === hit.token && hit.v.expMs + tolMs > req.now) return accept(hit, req);
           }
         }
         const found = extract(req, cfg.from);

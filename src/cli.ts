@@ -4,6 +4,7 @@ import { readFileSync, existsSync } from 'node:fs';
 import { resolve, dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { loadConfig } from './config/load.ts';
+import { Runtime } from './runtime.ts';
 import { jsonSchema, parseListen } from './config/schema.ts';
 import type { CompiledConfig } from './config/compile.ts';
 import { ConfigError } from './errors.ts';
@@ -85,8 +86,9 @@ export function describeConfig(cfg: CompiledConfig): string {
   return lines.join('\n');
 }
 
-function load(file: string): CompiledConfig {
-  return loadConfig(file);
+/** `offline` (check, explain): nothing reaches a shared store; an explained request uses up no real nonce. */
+function load(file: string, offline = false): CompiledConfig {
+  return loadConfig(file, offline ? { runtime: new Runtime({ offline: true }) } : {});
 }
 
 async function serve(file: string): Promise<void> {
@@ -159,7 +161,7 @@ export async function main(argv: string[]): Promise<number> {
       case 'check': {
         const a = args(rest, { config: { type: 'string', short: 'c' } });
         if (a.values.help) { out(USAGE); return 0; }
-        out(describeConfig(load(needConfig(a.values.config))));
+        out(describeConfig(load(needConfig(a.values.config), true)));
         return 0;
       }
       case 'explain': {
@@ -167,7 +169,7 @@ export async function main(argv: string[]): Promise<number> {
         if (a.values.help) { out(USAGE); return 0; }
         const [method, url] = a.positionals;
         if (!method || !url) throw new UsageError('explain needs METHOD and URL');
-        const cfg = load(needConfig(a.values.config));
+        const cfg = load(needConfig(a.values.config), true);
         let certPem: string | undefined;
         if (typeof a.values.cert === 'string') {
           try { certPem = readFileSync(a.values.cert, 'utf8'); } catch (e) { err(`cannot read --cert ${a.values.cert}: ${(e as NodeJS.ErrnoException).code}`); return 1; }

@@ -171,6 +171,7 @@ export class PortcullisServer {
       adminPort = (this.#admin.address() as { port: number }).port;
     }
     for (const a of cfg.authenticators.values()) a.start?.();
+    this.#useStore(cfg);
     if (this.#opts.watch !== false) {
       this.#watcher = new ConfigWatcher(() => { this.logger.info({ msg: 'config files changed: reloading' }); this.reloadFromFile(); });
       this.#watcher.track(cfg.files);
@@ -181,6 +182,13 @@ export class PortcullisServer {
     const actual = (this.#https.address() as { port: number }).port;
     this.logger.info({ msg: 'listening', address: `${host}:${actual}`, admin: adminPort, policies: cfg.policies.length, upstream: cfg.upstream.url.origin });
     return { port: actual, adminPort };
+  }
+
+  /** Connect to the config's shared store now (not on the first signed request); close any other. */
+  #useStore(cfg: CompiledConfig): void {
+    const s = cfg.store.type === 'redis' ? cfg.store : undefined;
+    cfg.runtime.retainStore(s, cfg.server.timeouts.shutdownMs);
+    if (s) void cfg.runtime.redis(s).connect();
   }
 
   async #adminRequest(req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
@@ -209,6 +217,7 @@ export class PortcullisServer {
     this.#config = next;
     this.#applyServerSettings(next);
     for (const a of next.authenticators.values()) a.start?.();
+    this.#useStore(next);
     this.#watcher?.track(next.files);
     this.metrics.configReloads.inc({ result: 'success' });
     this.metrics.configLastReloadSuccess.set(next.loadedAt / 1000);
@@ -244,6 +253,7 @@ export class PortcullisServer {
     for (const s of this.#sockets) s.destroy();
     await closed;
     this.#upstream.close();
+    await this.#config.runtime.close();
     if (this.#admin) {
       this.#admin.closeAllConnections();
       await new Promise<void>((r) => this.#admin!.close(() => r()));

@@ -5,7 +5,8 @@
 import { createHmac, createPublicKey, createSecretKey, timingSafeEqual, type KeyObject } from 'node:crypto';
 import { z } from 'zod';
 import { ConfigError, type ConfigIssue } from '../errors.ts';
-import { MemoryNonceStore, type NonceStore } from '../store/nonces.ts';
+import { MemoryNonceStore, type NonceStore, type NonceVerdict } from '../store/nonces.ts';
+import { RedisNonceStore } from '../store/redis.ts';
 import { foldHeader } from '../util/net.ts';
 import { allow, defineAuthenticator, deny, skip, type AuthRequest, type Verdict } from './types.ts';
 import { RFC9421_ALGORITHMS, Refusal, checkContentDigest, parseSignature, signatureBase, verifySignature, type Key } from './rfc9421.ts';
@@ -124,14 +125,22 @@ export const hmac = defineAuthenticator({
     const clients = loadClients(cfg, ctx.readFile, base);
     const skewMs = cfg.maxSkewSec * 1000;
     const rt = ctx.runtime;
-    // The same settings after a reload keep the same nonce memory.
-    const nonces: NonceStore = rt.shared(`nonces|${ctx.name}|${cfg.scheme}|${cfg.nonceCapacity}`, () => new MemoryNonceStore(cfg.nonceCapacity));
+    // The same settings after a reload keep the same nonce memory. With store: redis the
+    // nonces are shared by every replica and worker (`check` and `explain` stay offline).
+    const store = ctx.store;
+    const nonces: NonceStore = store.type === 'redis' && !rt.offline
+      ? new RedisNonceStore(rt.redis(store), ctx.name)
+      : rt.shared(`nonces|${ctx.name}|${cfg.scheme}|${cfg.nonceCapacity}`, () => new MemoryNonceStore(cfg.nonceCapacity));
 
-    const remember = (c: Client, nonce: string, until: number, now: number): Verdict | undefined => {
-      const r = nonces.remember(`${c.id}\u0000${nonce}`, until, now);
+    const judged = (c: Client, r: NonceVerdict): Verdict | undefined => {
       if (r === 'replay') { rt.events.replayRejected(); return deny('AUTH_009', `nonce already used by ${c.id}`); }
       if (r === 'full') { rt.events.log('warn', { msg: 'nonce store full: refusing signed requests until nonces expire', authenticator: ctx.name, capacity: cfg.nonceCapacity }); return deny('AUTH_007', 'nonce store full'); }
       return undefined;
+    };
+    /** The verdict once the nonce is recorded: `ok`, or the replay/full refusal. A shared store answers later. */
+    const remember = (c: Client, nonce: string, until: number, now: number, ok: Verdict): Verdict | Promise<Verdict> => {
+      const r = nonces.remember(`${c.id}\u0000${nonce}`, until, now);
+      return typeof r === 'string' ? judged(c, r) ?? ok : r.then((x) => judged(c, x) ?? ok);
     };
     const lookup = (id: string): Client | Verdict => {
       const c = clients.get(id);
@@ -158,7 +167,7 @@ export const hmac = defineAuthenticator({
         credentialHeaders,
         needsBody,
         challenge: `HMAC realm="${ctx.name}"`,
-        verify(req): Verdict {
+        verify(req): Verdict | Promise<Verdict> {
           const keyId = one(req, f.keyId);
           const sig = one(req, f.signature);
           if (keyId === undefined && sig === undefined) return skip('AUTH_003', `no ${h.keyId} / ${h.signature} headers`);
@@ -194,8 +203,7 @@ export const hmac = defineAuthenticator({
           });
           const expected = mac.digest();
           if (expected.length !== provided.length || !timingSafeEqual(expected, provided)) return deny('AUTH_001', 'signature does not match');
-          if (nonce) { const r = remember(c, nonce, t + skewMs, req.now); if (r) return r; }
-          return allowed.get(c)!;
+          return nonce ? remember(c, nonce, t + skewMs, req.now, allowed.get(c)!) : allowed.get(c)!;
         },
       };
     }
@@ -208,7 +216,7 @@ export const hmac = defineAuthenticator({
       credentialHeaders: cfg.forward ? [] : ['signature', 'signature-input'],
       needsBody: true,
       challenge: `Signature realm="${ctx.name}"`,
-      verify(req): Verdict {
+      verify(req): Verdict | Promise<Verdict> {
         if (req.headers['signature-input'] === undefined && req.headers['signature'] === undefined) return skip('AUTH_003', 'no Signature-Input / Signature headers');
         try {
           const s = parseSignature(req, cfg.label);
@@ -230,12 +238,10 @@ export const hmac = defineAuthenticator({
           const baseText = signatureBase(s.input, req);
           if (!verifySignature(c.key, baseText, s.signature)) return deny('AUTH_001', 'signature does not verify');
           if (covered.includes('content-digest')) checkContentDigest(req.headers['content-digest'], req.body ?? Buffer.alloc(0));
-          if (s.nonce !== undefined) {
-            const until = s.expires !== undefined ? s.expires * 1000 : (s.created ?? req.now / 1000) * 1000 + skewMs;
-            const r = remember(c, s.nonce, until, req.now);
-            if (r) return r;
-          }
-          return allow({ subject: c.subject, keyId: c.id, scopes: c.scopes }, `RFC 9421 signature ${s.label} by ${c.id}`);
+          const ok = allow({ subject: c.subject, keyId: c.id, scopes: c.scopes }, `RFC 9421 signature ${s.label} by ${c.id}`);
+          if (s.nonce === undefined) return ok;
+          const until = s.expires !== undefined ? s.expires * 1000 : (s.created ?? req.now / 1000) * 1000 + skewMs;
+          return remember(c, s.nonce, until, req.now, ok);
         } catch (e) {
           if (e instanceof Refusal) return deny(e.code, e.message);
           throw e;

@@ -6,6 +6,7 @@ import type { IncomingHttpHeaders } from 'node:http';
 import type { AuthCode } from '../errors.ts';
 import type { ConnectionInfo, PeerCert } from '../tls/peer.ts';
 import type { Runtime } from '../runtime.ts';
+import type { StoreSettings } from '../config/compile.ts';
 
 export type { ConnectionInfo, PeerCert };
 
@@ -72,6 +73,8 @@ export interface CreateContext {
   readFile(p: string, path: readonly (string | number)[]): string;
   /** Process-lifetime state (JWKS sets, nonce stores) and event hooks. */
   readonly runtime: Runtime;
+  /** The config's `store`: where state shared across replicas (nonces) lives. */
+  readonly store: StoreSettings;
 }
 
 export interface AuthenticatorType<S extends z.ZodType = z.ZodType> {

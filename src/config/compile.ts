@@ -11,6 +11,7 @@ import { AUTHENTICATORS_BY_TYPE } from '../authenticators/registry.ts';
 import type { Authenticator } from '../authenticators/types.ts';
 import { buildTls, type TlsTable } from '../tls/contexts.ts';
 import { Runtime } from '../runtime.ts';
+import type { RedisSettings } from '../store/redis.ts';
 import { compilePolicies, type CompiledPolicy } from '../pipeline/match.ts';
 import { blockList, foldHeader } from '../util/net.ts';
 
@@ -54,7 +55,10 @@ export interface CompiledConfig {
   /** Every file the config names, for `check` and reload-on-change. */
   readonly files: readonly string[];
   readonly runtime: Runtime;
+  readonly store: StoreSettings;
 }
+
+export type StoreSettings = { readonly type: 'memory' } | ({ readonly type: 'redis' } & RedisSettings);
 
 const ALWAYS_RESERVED = ['x-forwarded-for', 'x-forwarded-proto', 'x-forwarded-host', 'x-forwarded-client-cert', 'client-cert', 'client-cert-chain', 'x-real-ip'];
 
@@ -66,12 +70,16 @@ export function compile(raw: RawConfig, opts: CompileOptions): CompiledConfig {
   const resolvePath = (p: string) => resolve(opts.baseDir, p);
 
   const tls = buildTls(raw.tls, resolvePath, now, issues);
-  if (raw.server.workers !== 1) {
+  if (raw.server.workers !== 1 && raw.store.type === 'memory') {
     // Nonces must be shared by every worker, or a replay to another worker succeeds.
     for (const [name, a] of Object.entries(raw.authenticators)) {
-      if ((a as { type: string }).type === 'hmac') issues.push({ path: ['authenticators', name, 'type'], message: 'hmac nonces need state shared between workers: with server.workers other than 1 and store: memory, use workers: 1 (a shared store is not available yet)' });
+      if ((a as { type: string }).type === 'hmac') issues.push({ path: ['authenticators', name, 'type'], message: 'hmac nonces need state shared between workers: with server.workers other than 1, use store: { type: redis, url: ... } (or workers: 1)' });
     }
   }
+  if (raw.store.type === 'redis') {
+    try { new URL(raw.store.url); } catch { issues.push({ path: ['store', 'url'], message: 'not a valid URL' }); }
+  }
+  const store: StoreSettings = raw.store.type === 'redis' ? { type: 'redis', url: raw.store.url, keyPrefix: raw.store.keyPrefix, timeoutMs: raw.store.timeoutMs } : { type: 'memory' };
 
   const runtime = opts.runtime ?? new Runtime();
   const authFiles: string[] = [];
@@ -88,7 +96,7 @@ export function compile(raw: RawConfig, opts: CompileOptions): CompiledConfig {
   for (const [name, cfg] of Object.entries(raw.authenticators)) {
     const type = AUTHENTICATORS_BY_TYPE.get((cfg as { type: string }).type)!;
     try {
-      authenticators.set(name, type.create(cfg, { name, resolvePath, clientAuth: !!raw.tls.clientAuth, readFile, runtime }));
+      authenticators.set(name, type.create(cfg, { name, resolvePath, clientAuth: !!raw.tls.clientAuth, readFile, runtime, store }));
     } catch (e) {
       if (e instanceof ConfigError) issues.push(...e.issues);
       else issues.push({ path: ['authenticators', name], message: (e as Error).message });
@@ -140,5 +148,6 @@ export function compile(raw: RawConfig, opts: CompileOptions): CompiledConfig {
     logging: Object.freeze({ ...raw.logging }),
     files: Object.freeze([...new Set(files)]),
     runtime,
+    store: Object.freeze(store),
   });
 }

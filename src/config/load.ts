@@ -51,7 +51,10 @@ function zodIssues(err: z.ZodError): { path: (string | number)[]; message: strin
       for (const k of i.keys) out.push({ path: [...path, k], message: `unknown key "${k}"` });
     } else if (i.code === 'invalid_union' && 'discriminator' in i && i.discriminator) {
       const p = path.at(-1) === i.discriminator ? path : [...path, i.discriminator];
-      out.push({ path: p, message: `unknown type; expected one of: ${AUTHENTICATOR_TYPES.map((a) => a.type).join(', ')}` });
+      const types = p[0] === 'store' ? ['memory', 'redis'] : AUTHENTICATOR_TYPES.map((a) => a.type);
+      out.push({ path: p, message: `unknown type; expected one of: ${types.join(', ')}` });
+    } else if (i.code === 'invalid_type' && i.message.endsWith('received undefined')) {
+      out.push({ path, message: `required (${i.expected})` });
     } else {
       out.push({ path, message: i.message });
     }

@@ -132,7 +132,16 @@ export const configSchema = z.strictObject({
   }).prefault({}),
   authenticators: z.record(NAME, z.discriminatedUnion('type', authenticatorSchemas as unknown as [z.ZodObject, ...z.ZodObject[]])).default({}),
   policies: z.array(policy).min(1, 'at least one policy is required (nothing matches -> denied)'),
-  store: z.strictObject({ type: z.literal('memory') }).prefault({ type: 'memory' }),
+  /** Where nonces live: this process (memory), or Redis, shared by every replica and worker. */
+  store: z.discriminatedUnion('type', [
+    z.strictObject({ type: z.literal('memory') }),
+    z.strictObject({
+      type: z.literal('redis'),
+      url: z.string().regex(/^rediss?:\/\/[^\s]+$/, 'must be redis://[user:password@]host:port[/db] or rediss://… (TLS); ${env:NAME} keeps a password out of the file'),
+      keyPrefix: z.string().max(64).default('portcullis:'),
+      timeoutMs: z.number().int().min(10).max(10_000).default(250),
+    }),
+  ]).prefault({ type: 'memory' }),
   logging: z.strictObject({
     level: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default(D.logging.level),
     access: z.boolean().default(D.logging.access),

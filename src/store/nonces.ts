@@ -5,9 +5,8 @@
 export type NonceVerdict = 'fresh' | 'replay' | 'full';
 
 export interface NonceStore {
-  /** Record `key` until `expiresAt` (ms); say whether it was already live. */
-  remember(key: string, expiresAt: number, now: number): NonceVerdict;
-  readonly size: number;
+  /** Record `key` until `expiresAt` (ms); say whether it was already live. A shared store answers later. */
+  remember(key: string, expiresAt: number, now: number): NonceVerdict | Promise<NonceVerdict>;
 }
 
 export class MemoryNonceStore implements NonceStore {

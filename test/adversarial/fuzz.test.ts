@@ -30,7 +30,7 @@ const VEC = new URL('../../../shared/reference/vectors/rfc9421/', import.meta.ur
 function create(cfg: Record<string, unknown>): Authenticator {
   const type = AUTHENTICATORS_BY_TYPE.get(cfg.type as string)!;
   return type.create(type.schema.parse(cfg), {
-    name: 'f', clientAuth: true, runtime: new Runtime(), resolvePath: (p) => resolve(dir, p),
+    name: 'f', clientAuth: true, runtime: new Runtime(), store: { type: 'memory' }, resolvePath: (p) => resolve(dir, p),
     readFile: (p, path) => { try { return readFileSync(resolve(dir, p), 'utf8'); } catch { throw new ConfigError([{ path, message: p }]); } },
   });
 }

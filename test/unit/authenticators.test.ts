@@ -21,7 +21,7 @@ const pub = (k: Record<string, unknown>) => Object.fromEntries(Object.entries(k)
 
 function ctx(name: string): CreateContext {
   return {
-    name, clientAuth: true, runtime: new Runtime(),
+    name, clientAuth: true, runtime: new Runtime(), store: { type: 'memory' },
     resolvePath: (p) => resolve(dir, p),
     readFile: (p, path) => { try { return readFileSync(resolve(dir, p), 'utf8'); } catch { throw new ConfigError([{ path, message: `cannot read ${p}` }]); } },
   };

@@ -76,12 +76,21 @@ t.test('error classes, each with position and path', async (t) => {
     ['unset env reference', good.replace('http://127.0.0.1:8080', '${env:PORTCULLIS_TEST_UNSET}'), /^FILE:12:8: \(root\): environment variable PORTCULLIS_TEST_UNSET is not set$/],
     ['no policies', good.slice(0, good.indexOf('policies:')) + 'policies: []\n', /policies: at least one policy is required/],
     ['hmac nonces with several workers', good.replace('  listen: 127.0.0.1:8443', '  listen: 127.0.0.1:8443\n  workers: auto').replace('  cert: { type: mtls }', '  cert: { type: mtls }\n  sig: { type: hmac, clients: [ { id: a, secret: "0123456789abcdef0123", subject: a } ] }'), /authenticators\.sig\.type: hmac nonces need state shared between workers/],
+    ['redis store URL that is not redis://', good + 'store: { type: redis, url: "http://127.0.0.1:6379" }\n', /^FILE:22:\d+: store\.url: must be redis:\/\/\[user:password@\]host:port\[\/db\] or rediss:\/\//],
+    ['redis store without a URL', good + 'store: { type: redis }\n', /^FILE:22:\d+: store\.url: required \(string\)$/],
+    ['unknown store type', good + 'store: { type: memcached }\n', /^FILE:22:\d+: store\.type: unknown type; expected one of: memory, redis$/],
     ['CA bundle that is not a CA', good.replace(`ca: ${fx.dir}/ca.crt`, `ca: ${fx.dir}/client-valid.crt`), /tls\.clientAuth\.ca: CN=client-1,OU=payments in .* is not a CA certificate/],
   ];
   for (const [name, text, re] of cases) {
     const errs = errorsOf(text);
     t.ok(errs.some((e) => re.test(e)), `${name}: ${errs.join(' | ') || '(no error)'}`);
   }
+});
+
+t.test('hmac with several workers is accepted once nonces live in a shared store', async (t) => {
+  const several = good.replace('  listen: 127.0.0.1:8443', '  listen: 127.0.0.1:8443\n  workers: auto').replace('  cert: { type: mtls }', '  cert: { type: mtls }\n  sig: { type: hmac, clients: [ { id: a, secret: "0123456789abcdef0123", subject: a } ] }');
+  t.match(errorsOf(several).join(' | '), /hmac nonces need state shared between workers: with server\.workers other than 1, use store: \{ type: redis/, 'store: memory (the default): refused');
+  t.same(errorsOf(several + 'store: { type: redis, url: "redis://:${env:REDIS_PASSWORD}@127.0.0.1:6379/2" }\n', { REDIS_PASSWORD: 'pw' }), [], 'store: redis: accepted');
 });
 
 t.test('every CA needs its own CRL when CRLs are configured', async (t) => {

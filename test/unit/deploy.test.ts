@@ -38,6 +38,19 @@ t.test('every template parses as YAML after stubbing and names a kind', async (t
   t.ok(existsSync(join(CHART, 'templates/NOTES.txt')));
 });
 
+t.test('redis.url: the store the ConfigMap adds is a valid config, with the password from the Secret through ${env:}', async (t) => {
+  const { stringify } = await import('yaml');
+  const cm = readFileSync(join(CHART, 'templates/configmap.yaml'), 'utf8');
+  const dep = readFileSync(join(CHART, 'templates/deployment.yaml'), 'utf8');
+  // What the template renders for url redis://redis:6379/0 and a passwordSecret (helm is not available here).
+  t.match(cm, /replace ":\/\/" ":\/\/:\$\{env:PORTCULLIS_REDIS_PASSWORD\}@" \$url/);
+  t.match(cm, /set \$cfg "store" \(dict "type" "redis" "url" \$url "keyPrefix" \.Values\.redis\.keyPrefix "timeoutMs" \.Values\.redis\.timeoutMs\)/);
+  t.match(dep, /- name: PORTCULLIS_REDIS_PASSWORD\n\s+valueFrom:\n\s+secretKeyRef: \{ name: \{\{ \.Values\.redis\.passwordSecret\.name \}\}, key: \{\{ \.Values\.redis\.passwordSecret\.key \}\} \}/);
+  const store = { type: 'redis', url: 'redis://:${env:PORTCULLIS_REDIS_PASSWORD}@redis:6379/0', keyPrefix: values.redis.keyPrefix, timeoutMs: values.redis.timeoutMs };
+  const parsed = parseConfigText(stringify({ ...values.config, store }), 'values.yaml#config', { PORTCULLIS_REDIS_PASSWORD: 'pw' });
+  t.same((parsed.raw as { store: unknown }).store, { ...store, url: 'redis://:pw@redis:6379/0' });
+});
+
 t.test('every .Values path used by a template exists in values.yaml', async (t) => {
   const files = readdirSync(join(CHART, 'templates')).map((f) => readFileSync(join(CHART, 'templates', f), 'utf8'));
   const used = new Set(files.flatMap((s) => [...s.matchAll(/\.Values((?:\.[A-Za-z0-9_]+)+)/g)].map((m) => m[1]!.slice(1))));

@@ -26,7 +26,7 @@ function make(extra: Record<string, unknown> = {}) {
     ],
     ...extra,
   });
-  return hmacType.create(cfg, { name: 'sigs', clientAuth: false, runtime: new Runtime(), resolvePath: (p) => join(KEYS, p), readFile: (p) => readFileSync(join(KEYS, p), 'utf8') });
+  return hmacType.create(cfg, { name: 'sigs', clientAuth: false, runtime: new Runtime(), store: { type: 'memory' }, resolvePath: (p) => join(KEYS, p), readFile: (p) => readFileSync(join(KEYS, p), 'utf8') });
 }
 
 const SIGNERS = {

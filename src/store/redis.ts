@@ -1,0 +1,119 @@
+// store: redis — nonces shared by every replica and worker. A nonce is one key,
+// set only if absent (SET NX) and expiring when its time window ends (PX), so Redis
+// forgets it exactly when a replay would be refused by the timestamp check anyway.
+// Any failure (unreachable, timeout, out of memory) rejects: the request is refused
+// with 503 INTERNAL, never forwarded on an unchecked nonce.
+import { hash } from 'node:crypto';
+import type { Redis } from 'ioredis';
+import type { NonceStore, NonceVerdict } from './nonces.ts';
+
+export interface RedisSettings {
+  /** redis://[user:password@]host:port[/db] or rediss:// (TLS). */
+  readonly url: string;
+  readonly keyPrefix: string;
+  /** Per command, connecting included: past it the request is refused. */
+  readonly timeoutMs: number;
+}
+
+export interface RedisEvents {
+  log(level: 'info' | 'warn' | 'error', obj: Record<string, unknown>): void;
+}
+
+/** The URL without its password, for logs. */
+export function redactedUrl(url: string): string {
+  try {
+    const u = new URL(url);
+    if (u.password) u.password = '***';
+    return u.href;
+  } catch {
+    return '(unparseable URL)';
+  }
+}
+
+export class RedisStoreUnavailable extends Error {
+  constructor(cause: Error) {
+    super(`nonce store (redis) unavailable: ${cause.message}`);
+    this.name = 'RedisStoreUnavailable';
+  }
+}
+
+/**
+ * One connection per process (per URL and timeout), opened by `connect()` when a
+ * server starts: `portcullis check` and `explain` never open one. ioredis is loaded
+ * only then, so a memory-store deployment does not pay for it.
+ */
+export class RedisConnection {
+  readonly settings: RedisSettings;
+  readonly #events: () => RedisEvents;
+  #client?: Promise<Redis>;
+  #closed = false;
+
+  constructor(settings: RedisSettings, events: () => RedisEvents) {
+    this.settings = settings;
+    this.#events = events;
+  }
+
+  connect(): Promise<Redis> {
+    this.#client ??= this.#open();
+    return this.#client;
+  }
+
+  async #open(): Promise<Redis> {
+    const { Redis } = await import('ioredis');
+    const s = this.settings;
+    const where = redactedUrl(s.url);
+    const client = new Redis(s.url, {
+      lazyConnect: true,
+      connectTimeout: s.timeoutMs,
+      commandTimeout: s.timeoutMs,
+      // A command is sent once: re-sent after a reconnect, a SET NX that did land would
+      // come back "already set" and refuse a genuine request as a replay.
+      maxRetriesPerRequest: 0,
+      // While (re)connecting, commands wait (bounded by commandTimeout) rather than fail at once.
+      enableOfflineQueue: true,
+      retryStrategy: (times) => Math.min(100 * times, 2000),
+      reconnectOnError: () => false,
+    });
+    let up: boolean | undefined;
+    client.on('ready', () => {
+      if (up !== true) this.#events().log('info', { msg: 'nonce store connected', store: 'redis', url: where });
+      up = true;
+    });
+    client.on('error', (e: Error) => {
+      // Logged once per outage, not once per reconnection attempt.
+      if (up !== false) this.#events().log('error', { msg: 'nonce store unreachable: signed requests are refused (503) until it is back', store: 'redis', url: where, reason: e.message });
+      up = false;
+    });
+    if (this.#closed) client.disconnect();
+    else client.connect().catch(() => { /* reported by the 'error' listener; retried by retryStrategy */ });
+    return client;
+  }
+
+  /** Close the connection (server shutdown, or a reload that changed the store). */
+  async close(): Promise<void> {
+    this.#closed = true;
+    if (!this.#client) return;
+    const c = await this.#client;
+    c.disconnect();
+  }
+}
+
+/** The nonces of one authenticator, under `<keyPrefix>nonce:<authenticator>:`. */
+export class RedisNonceStore implements NonceStore {
+  readonly #conn: RedisConnection;
+  readonly #prefix: string;
+
+  constructor(conn: RedisConnection, authenticator: string) {
+    this.#conn = conn;
+    this.#prefix = `${conn.settings.keyPrefix}nonce:${authenticator}:`;
+  }
+
+  remember(key: string, expiresAt: number, now: number): Promise<NonceVerdict> {
+    // The key is hashed: client ids and nonces are the caller's text, of any length.
+    const k = this.#prefix + hash('sha256', key, 'base64url');
+    const ttl = Math.max(1, Math.ceil(expiresAt - now));
+    return this.#conn.connect()
+      .then((c) => c.set(k, '1', 'PX', ttl, 'NX'))
+      .then((r) => (r === 'OK' ? 'fresh' : 'replay'), (e: Error) => { throw new RedisStoreUnavailable(e); });
+  }
+}

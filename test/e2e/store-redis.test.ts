@@ -1,0 +1,188 @@
+// store: redis — nonces shared by replicas and workers, against a real redis-server
+// on 127.0.0.1: a signed request (the HMAC scheme of shared/seeds/004) accepted by one
+// replica is a replay at another; the store going away refuses signed requests with
+// 503 and forwards nothing; it is used again when it comes back; `explain` never
+// touches it; workers: 2 share it.
+import t from 'tap';
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { createHmac, randomBytes } from 'node:crypto';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { Redis } from 'ioredis';
+import { makeFixture } from '../helpers/pki.ts';
+import { startHarness, request, client, baseConfig, freePort, until, listenUpstream, type Harness } from '../helpers/harness.ts';
+import { parseProm, value } from '../helpers/prom.ts';
+
+const fx = makeFixture();
+const SECRET = 'partner-a-shared-secret-0123456789';
+const PASSWORD = 'redis-pass-Zq7Xw2';
+const BIN = new URL('../../bin/portcullis.js', import.meta.url).pathname;
+const haveRedis = spawnSync('sh', ['-c', 'command -v redis-server']).status === 0;
+
+/** A throwaway redis-server (no persistence) on `port`, with a password. */
+async function startRedis(port: number): Promise<ChildProcess> {
+  const p = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--requirepass', PASSWORD], { stdio: ['ignore', 'pipe', 'inherit'] });
+  let out = '';
+  p.stdout!.on('data', (d) => { out += d; });
+  await until('redis-server ready', () => out.includes('Ready to accept connections') || p.exitCode !== null);
+  if (p.exitCode !== null) throw new Error(`redis-server exited: ${out}`);
+  return p;
+}
+async function stopRedis(p: ChildProcess): Promise<void> {
+  if (p.exitCode !== null) return;
+  const gone = new Promise((r) => p.once('exit', r));
+  p.kill('SIGKILL');
+  await gone;
+}
+
+const config = (redisPort: number) => baseConfig(`
+authenticators:
+  cert: { type: mtls }
+  partner-hmac:
+    type: hmac
+    clients: [ { id: partner-a, secret: "${SECRET}", subject: partner-a } ]
+    headers: { keyId: X-API-Key, timestamp: X-Timestamp, nonce: X-Nonce, signature: X-Signature }
+    message: [method, path, timestamp, nonce, body]
+    maxSkewSec: 300
+policies:
+  - name: signed
+    match: { paths: ["/signed/**"] }
+    authenticate: partner-hmac
+  - name: api
+    match: { paths: ["/api/**"] }
+    authenticate: cert
+store: { type: redis, url: "redis://:\${env:PORTCULLIS_TEST_REDIS_PASSWORD}@127.0.0.1:${redisPort}/0", keyPrefix: "pc-test:", timeoutMs: 300 }
+logging: { level: info, access: true }
+`);
+process.env.PORTCULLIS_TEST_REDIS_PASSWORD = PASSWORD;
+
+// The client of shared/seeds/004: message = method + path + timestamp + nonce + json.dumps(body, sort_keys=True).
+function signed(path: string, body: Record<string, unknown> | undefined, nonce = randomBytes(16).toString('hex')) {
+  const timestamp = String(Math.floor(Date.now() / 1000));
+  const payload = body === undefined ? '' : JSON.stringify(body, Object.keys(body).sort()).replace(/":/g, '": ').replace(/,"/g, ', "');
+  const signature = createHmac('sha256', SECRET).update('POST' + path + timestamp + nonce + payload).digest('hex');
+  return { method: 'POST', path, body: payload, headers: { 'X-API-Key': 'partner-a', 'X-Timestamp': timestamp, 'X-Nonce': nonce, 'X-Signature': signature, 'Content-Type': 'application/json' } };
+}
+
+t.test('store: redis', { skip: haveRedis ? false : 'redis-server is not installed (.ci/run installs it)' }, async (t) => {
+  const redisPort = await freePort();
+  let redis = await startRedis(redisPort);
+  t.teardown(() => stopRedis(redis));
+  const direct = new Redis({ port: redisPort, host: '127.0.0.1', password: PASSWORD, lazyConnect: true, maxRetriesPerRequest: 1 });
+  direct.on('error', () => { /* while the server is stopped on purpose */ });
+  await direct.connect();
+  t.teardown(() => direct.disconnect());
+
+  const a: Harness = await startHarness(fx, config(redisPort));
+  const b: Harness = await startHarness(fx, config(redisPort));
+  t.teardown(() => Promise.all([a.close(), b.close()]));
+
+  t.test('a nonce accepted by one replica is a replay at another, and lives in Redis only for its window', async (t) => {
+    const s = signed('/signed/orders', { amount: 10, currency: 'EUR' });
+    const first = await request(a, fx, s);
+    t.equal(first.status, 200, 'replica A accepts the signed request');
+    t.equal(a.seen.length, 1);
+    const replay = await request(b, fx, s);
+    t.same([replay.status, replay.json?.error?.code], [401, 'AUTH_009'], 'replica B refuses the same request');
+    t.equal(b.seen.length, 0, 'nothing forwarded by B');
+    const again = await request(a, fx, s);
+    t.same([again.status, again.json?.error?.code], [401, 'AUTH_009'], 'and so does A');
+
+    const fresh = signed('/signed/orders', { amount: 11, currency: 'EUR' });
+    t.equal((await request(b, fx, fresh)).status, 200, 'a fresh nonce at B is accepted');
+    t.same([(await request(a, fx, fresh)).status], [401], '...and is then a replay at A');
+
+    const keys = await direct.keys('pc-test:nonce:partner-hmac:*');
+    t.equal(keys.length, 2, 'one key per accepted nonce, under keyPrefix + authenticator');
+    for (const k of keys) {
+      const ttl = await direct.pttl(k);
+      t.ok(ttl > 290_000 && ttl <= 300_000, `expires with the ${300} s window (PTTL ${ttl} ms)`);
+    }
+    const metrics = parseProm(await fetch(`http://127.0.0.1:${b.adminPort}/metrics`).then((r) => r.text()));
+    t.equal(value(metrics.samples, 'portcullis_replays_rejected_total'), 1, 'B counted its replay');
+  });
+
+  t.test('store hanging: a signed request gets 503 INTERNAL after timeoutMs, not forwarded', async (t) => {
+    const before = a.seen.length;
+    redis.kill('SIGSTOP');
+    const t0 = Date.now();
+    const r = await request(a, fx, signed('/signed/orders', { amount: 99 })).finally(() => redis.kill('SIGCONT'));
+    t.same([r.status, r.json?.error?.code], [503, 'INTERNAL'], 'refused');
+    t.ok(Date.now() - t0 < 2000, `answered within the store timeout, not left hanging (${Date.now() - t0} ms)`);
+    t.equal(a.seen.length, before, 'nothing forwarded');
+  });
+
+  t.test('store unreachable: signed requests get 503 INTERNAL and are not forwarded; other routes serve; back when it returns', async (t) => {
+    await stopRedis(redis);
+    const before = a.seen.length;
+    const s = signed('/signed/orders', { amount: 12 });
+    const r = await request(a, fx, s);
+    t.same([r.status, r.json?.error?.code], [503, 'INTERNAL'], 'refused: the nonce could not be checked');
+    t.equal(a.seen.length, before, 'nothing forwarded');
+    t.equal((await request(a, fx, { path: '/api/x', ...client(fx, 'valid') })).status, 200, 'a route without nonces still serves');
+    await until('outage logged', () => a.logs.some((l) => l.msg?.startsWith('nonce store unreachable')));
+    const logged = JSON.stringify(a.logs);
+    t.notOk(logged.includes(PASSWORD), 'the Redis password is never logged');
+    t.match(logged, /redis:\/\/:\*\*\*@127\.0\.0\.1/, 'the URL is logged with its password masked');
+    t.ok(a.logs.some((l) => l.msg === 'authentication failed with an internal error' && /nonce store \(redis\) unavailable/.test(l.err?.message)), 'the reason is logged');
+
+    redis = await startRedis(redisPort);
+    let status = 0;
+    const end = Date.now() + 10_000;
+    while (status !== 200 && Date.now() < end) {
+      status = (await request(a, fx, signed('/signed/orders', { amount: 13 }))).status;
+      if (status !== 200) await new Promise((res) => setTimeout(res, 200));
+    }
+    t.equal(status, 200, 'signed requests are accepted again once Redis is back');
+    t.same((await request(a, fx, s)).status, 200, 'the request refused during the outage was never recorded: it may be sent again');
+    t.same((await request(b, fx, s)).status, 401, '...once');
+  });
+
+  t.test('portcullis explain runs the decision without using up the nonce', async (t) => {
+    const s = signed('/signed/explained', undefined);
+    const before = (await direct.keys('pc-test:nonce:*')).length;
+    const args = ['explain', '--config', a.configFile, 'POST', 'https://a.test/signed/explained'];
+    for (const [k, v] of Object.entries(s.headers)) args.push('-H', `${k}: ${v}`);
+    const r = spawnSync(process.execPath, [BIN, ...args], { encoding: 'utf8', env: { ...process.env, PORTCULLIS_FROM_SOURCE: '1' } });
+    t.match(r.stdout, /result\s+ALLOW/, r.stderr);
+    t.equal((await direct.keys('pc-test:nonce:*')).length, before, 'no key written');
+    t.equal((await request(a, fx, s)).status, 200, 'the explained request is still accepted live');
+  });
+});
+
+t.test('workers: 2 with store: redis — a replay to the other worker is refused', { skip: haveRedis ? false : 'redis-server is not installed (.ci/run installs it)' }, async (t) => {
+  const redisPort = await freePort();
+  const redis = await startRedis(redisPort);
+  t.teardown(() => stopRedis(redis));
+  const up = await listenUpstream();
+  t.teardown(() => { up.server.closeAllConnections(); up.server.close(); });
+  const [port, admin] = [await freePort(), await freePort()];
+  const file = join(mkdtempSync(join(fx.dir, 'redis-workers-')), 'p.yaml');
+  writeFileSync(file, config(redisPort).replace('listen: 127.0.0.1:0', `listen: 127.0.0.1:${port}\n  workers: 2`).replaceAll('{{PKI}}', fx.dir).replace('{{UPSTREAM}}', `http://127.0.0.1:${up.port}`) + `admin:\n  listen: 127.0.0.1:${admin}\n`);
+  const child = spawn(process.execPath, [BIN, 'serve', '--config', file], { stdio: ['ignore', 'pipe', 'inherit'] });
+  let out = '';
+  child.stdout.on('data', (d) => { out += d; });
+  const lines = () => out.split('\n').filter(Boolean).map((l) => JSON.parse(l));
+  t.teardown(() => { if (child.exitCode === null) child.kill('SIGKILL'); });
+  await until('both workers listening', () => lines().filter((l) => l.msg === 'listening').length === 2);
+
+  const h = { port };
+  const statuses: number[] = [];
+  for (let i = 0; i < 8; i++) {
+    const s = signed(`/signed/${i}`, { i });
+    statuses.push((await request(h, fx, s)).status, (await request(h, fx, s)).status);
+  }
+  t.same(statuses, Array.from({ length: 8 }, () => [200, 401]).flat(), 'every request accepted once, every replay refused');
+  t.equal(up.seen.length, 8, 'the upstream saw each signed request once');
+  await until('access lines', () => lines().filter((l) => l.msg === 'access').length >= 16);
+  const access = lines().filter((l) => l.msg === 'access' && l.policy === 'signed');
+  t.equal(new Set(access.map((l) => l.pid)).size, 2, 'both workers served');
+  const crossed = Array.from({ length: 8 }, (_, i) => {
+    const [ok, replay] = [access.find((l) => l.path === `/signed/${i}` && l.status === 200), access.find((l) => l.path === `/signed/${i}` && l.status === 401)];
+    return ok && replay && ok.pid !== replay.pid;
+  }).filter(Boolean).length;
+  t.ok(crossed > 0, `replays refused by the worker that had not accepted the request: ${crossed} of 8`);
+  const exited = new Promise((r) => child.once('exit', r));
+  child.kill('SIGTERM');
+  t.equal(await exited, 0, 'clean shutdown (Redis connections closed)');
+});

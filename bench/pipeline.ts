@@ -2,8 +2,9 @@
 // context, policy match, the decision (each route's authenticators for real: the RS256
 // JWT verified once and then found in the cache, the API key hashed, the HMAC over the
 // 1 KiB body computed) and the upstream header list. The routes and requests are those
-// of bench/run.ts. On this shared machine req/s moves ±30 % between runs while these
-// loops move a few per cent, so this is where a change to the pipeline shows what it buys.
+// of bench/run.ts. Within one run the rounds agree to a few per cent, where the
+// network benchmark's req/s moves ±30 %; the machine's speed still moves every figure
+// between runs, so compare two builds in alternating runs (or by the × mTLS column).
 //   npm run bench:pipeline -- [--rounds 7] [--iterations 100000]
 import { mkdirSync, writeFileSync, readFileSync } from 'node:fs';
 import { join, dirname } from 'node:path';

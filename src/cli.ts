@@ -5,6 +5,7 @@ import { resolve, dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { loadConfig } from './config/load.ts';
 import { Runtime } from './runtime.ts';
+import { redactedUrl } from './store/redis.ts';
 import { jsonSchema, parseListen } from './config/schema.ts';
 import type { CompiledConfig } from './config/compile.ts';
 import { ConfigError } from './errors.ts';
@@ -65,6 +66,7 @@ export function describeConfig(cfg: CompiledConfig): string {
   const lines: string[] = [];
   lines.push(`config ${cfg.file}: OK`);
   lines.push(`listen ${cfg.server.host}:${cfg.server.port}  admin ${cfg.admin.host}:${cfg.admin.port}  upstream ${cfg.upstream.url.href}`);
+  lines.push(`store  ${cfg.store.type === 'redis' ? `redis ${redactedUrl(cfg.store.url)} (nonces shared by every replica; not contacted by check)` : 'memory (nonces kept in this process)'}`);
   lines.push('', 'policies (first match wins; nothing matches -> 403 AUTH_011):');
   lines.push(table([['#', 'name', 'hosts', 'methods', 'paths', 'authenticate', 'mode'],
     ...cfg.policies.map((p) => [String(p.index), p.name, p.summary.hosts, p.summary.methods, p.summary.paths, p.summary.authenticate, p.summary.mode])]));

@@ -5,8 +5,9 @@
 // touches it; workers: 2 share it.
 import t from 'tap';
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { createHmac, randomBytes } from 'node:crypto';
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { createHash, createHmac, createPrivateKey, randomBytes } from 'node:crypto';
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { httpbis, createSigner } from 'http-message-signatures';
 import { join } from 'node:path';
 import { Redis } from 'ioredis';
 import { makeFixture } from '../helpers/pki.ts';
@@ -14,6 +15,7 @@ import { startHarness, request, client, baseConfig, freePort, until, listenUpstr
 import { parseProm, value } from '../helpers/prom.ts';
 
 const fx = makeFixture();
+const VEC = new URL('../../../shared/reference/vectors/rfc9421/', import.meta.url).pathname;
 const SECRET = 'partner-a-shared-secret-0123456789';
 const PASSWORD = 'redis-pass-Zq7Xw2';
 const BIN = new URL('../../bin/portcullis.js', import.meta.url).pathname;
@@ -38,6 +40,12 @@ async function stopRedis(p: ChildProcess): Promise<void> {
 const config = (redisPort: number) => baseConfig(`
 authenticators:
   cert: { type: mtls }
+  rfc9421:
+    type: hmac
+    scheme: rfc9421
+    requiredComponents: ["@method", "@path", "@authority", content-digest]
+    requireNonce: true
+    clients: [ { id: test-key-ed25519, publicKey: ${VEC}keys/test-key-ed25519.pub.pem, algorithm: ed25519, subject: ed-client } ]
   partner-hmac:
     type: hmac
     clients: [ { id: partner-a, secret: "${SECRET}", subject: partner-a } ]
@@ -51,6 +59,9 @@ policies:
   - name: api
     match: { paths: ["/api/**"] }
     authenticate: cert
+  - name: strict
+    match: { paths: ["/strict/**"] }
+    authenticate: rfc9421
 store: { type: redis, url: "redis://:\${env:PORTCULLIS_TEST_REDIS_PASSWORD}@127.0.0.1:${redisPort}/0", keyPrefix: "pc-test:", timeoutMs: 300 }
 logging: { level: info, access: true }
 `);
@@ -102,6 +113,23 @@ t.test('store: redis', { skip: haveRedis ? false : 'redis-server is not installe
     t.equal(value(metrics.samples, 'portcullis_replays_rejected_total'), 1, 'B counted its replay');
   });
 
+  t.test('RFC 9421: a signature nonce used at one replica is refused at another (http-message-signatures client, Ed25519)', async (t) => {
+    const ed = createPrivateKey(readFileSync(join(VEC, 'keys/test-key-ed25519.priv.pem'), 'utf8').replace(/^[^-]*/, ''));
+    const body = JSON.stringify({ order: 7 });
+    const digest = `sha-256=:${createHash('sha256').update(body).digest('base64')}:`;
+    const msg = await httpbis.signMessage({
+      key: createSigner(ed, 'ed25519', 'test-key-ed25519'),
+      fields: ['@method', '@path', '@authority', 'content-digest'],
+      params: ['created', 'keyid', 'nonce', 'alg'],
+      paramValues: { nonce: randomBytes(12).toString('hex') },
+    }, { method: 'POST', url: 'https://a.test/strict/orders', headers: { 'content-digest': digest, 'content-type': 'application/json' } });
+    const o = { method: 'POST', path: '/strict/orders', headers: msg.headers as Record<string, string>, body };
+    t.equal((await request(a, fx, o)).status, 200, 'replica A accepts it');
+    const r = await request(b, fx, o);
+    t.same([r.status, r.json?.error?.code], [401, 'AUTH_009'], 'replica B refuses the replay');
+    t.equal((await direct.keys('pc-test:nonce:rfc9421:*')).length, 1, 'the nonce is under the rfc9421 authenticator');
+  });
+
   t.test('store hanging: a signed request gets 503 INTERNAL after timeoutMs, not forwarded', async (t) => {
     const before = a.seen.length;
     redis.kill('SIGSTOP');
@@ -138,14 +166,27 @@ t.test('store: redis', { skip: haveRedis ? false : 'redis-server is not installe
     t.same((await request(b, fx, s)).status, 401, '...once');
   });
 
+  t.test('portcullis check names the store with its password masked, and does not contact it', async (t) => {
+    const connections = async () => Number(/total_connections_received:(\d+)/.exec(await direct.info('stats'))![1]);
+    const before = await connections();
+    const r = spawnSync(process.execPath, [BIN, 'check', '--config', a.configFile], { encoding: 'utf8' });
+    t.equal(r.status, 0, r.stderr);
+    t.match(r.stdout, new RegExp(`store  redis redis://:\\*\\*\\*@127\\.0\\.0\\.1:${redisPort}/0`));
+    t.notOk(r.stdout.includes(PASSWORD), 'password not printed');
+    t.equal(await connections(), before, 'no connection was opened');
+  });
+
   t.test('portcullis explain runs the decision without using up the nonce', async (t) => {
     const s = signed('/signed/explained', undefined);
     const before = (await direct.keys('pc-test:nonce:*')).length;
+    const connections = async () => Number(/total_connections_received:(\d+)/.exec(await direct.info('stats'))![1]);
+    const opened = await connections();
     const args = ['explain', '--config', a.configFile, 'POST', 'https://a.test/signed/explained'];
     for (const [k, v] of Object.entries(s.headers)) args.push('-H', `${k}: ${v}`);
-    const r = spawnSync(process.execPath, [BIN, ...args], { encoding: 'utf8', env: { ...process.env, PORTCULLIS_FROM_SOURCE: '1' } });
+    const r = spawnSync(process.execPath, [BIN, ...args], { encoding: 'utf8' });
     t.match(r.stdout, /result\s+ALLOW/, r.stderr);
     t.equal((await direct.keys('pc-test:nonce:*')).length, before, 'no key written');
+    t.equal(await connections(), opened, 'no connection opened');
     t.equal((await request(a, fx, s)).status, 200, 'the explained request is still accepted live');
   });
 });

@@ -1,7 +1,8 @@
 // Soak: Portcullis (mTLS + RS256 JWT route) under wrk load for --minutes, in
 // slices; after each slice the server is idle briefly, a full GC is forced and
 // the heap measured. Pass: heap after GC at the end at most 10 % above the
-// baseline taken after the second slice (the first still carries warm-up state).
+// baseline, the lowest heap after any slice but the first (which still carries
+// warm-up state).
 //   node --expose-gc bench/soak.ts [--minutes 5]   (after `npm run bench` made bench/.work)
 import { spawn } from 'node:child_process';
 import { join, dirname } from 'node:path';
@@ -45,8 +46,11 @@ await server.close();
 up.kill();
 const last = samples.at(-1)!.heapMb;
 // The first slice still carries warm-up state (JIT code, caches filling, the first
-// verified token); the baseline is the heap after the second slice when there is one.
-const base = (samples[1] ?? samples[0]!).heapMb;
+// verified token), and sometimes the second too (2026-12-02: 24.7 MiB, then 19.2 from
+// the third slice on). The baseline is the lowest heap after any later slice, so a
+// warm-up that lingers cannot hide growth behind a high starting point.
+const settled = samples.length > 1 ? samples.slice(1) : samples;
+const base = Math.min(...settled.map((s) => s.heapMb));
 const growth = (last - base) / base;
-console.log(`Soak ${values.minutes} min: heap after GC idle ${first.toFixed(1)} MiB, after the first slice ${samples[0]!.heapMb.toFixed(1)} MiB, baseline (after the second slice) ${base.toFixed(1)} MiB, at the end ${last.toFixed(1)} MiB (${(growth * 100).toFixed(1)} %): ${growth <= 0.1 ? 'PASS' : 'FAIL'} (growth at most 10 %)`);
+console.log(`Soak ${values.minutes} min: heap after GC idle ${first.toFixed(1)} MiB, after the first slice ${samples[0]!.heapMb.toFixed(1)} MiB, baseline (lowest after a later slice) ${base.toFixed(1)} MiB, at the end ${last.toFixed(1)} MiB (${(growth * 100).toFixed(1)} %): ${growth <= 0.1 ? 'PASS' : 'FAIL'} (growth at most 10 %)`);
 console.log(samples.map((s) => `${s.t}s:${s.heapMb.toFixed(1)}MiB/${s.rps.toFixed(0)}rps`).join(' '));

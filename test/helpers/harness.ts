@@ -61,8 +61,16 @@ export async function startHarness(fx: Fixture, yaml: string, opts: { upstreamPo
   writeFileSync(configFile, text);
   const logs: Record<string, any>[] = [];
   const logger = createLogger('debug', logSink(logs) as never);
-  const server = new PortcullisServer({ config: loadConfig(configFile), logger, now: opts.now, listen: { host: '127.0.0.1', port: 0 }, adminListen: { host: '127.0.0.1', port: 0 } });
-  const { port, adminPort } = await server.start();
+  let server: PortcullisServer, port: number, adminPort: number | undefined;
+  try {
+    server = new PortcullisServer({ config: loadConfig(configFile), logger, now: opts.now, listen: { host: '127.0.0.1', port: 0 }, adminListen: { host: '127.0.0.1', port: 0 } });
+    ({ port, adminPort } = await server.start());
+  } catch (e) {
+    // A config that does not load must fail the test, not leave the upstream listening (tap would wait for it).
+    up.server.closeAllConnections();
+    up.server.close();
+    throw e;
+  }
   return {
     port, adminPort: adminPort!, server, upstream: up.server, upstreamPort: up.port, seen: up.seen, logs, configFile,
     async close() {

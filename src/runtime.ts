@@ -10,7 +10,7 @@ export interface AuthEvents {
   log(level: 'info' | 'warn' | 'error', obj: Record<string, unknown>): void;
 }
 
-const redisKey = (s: RedisSettings) => `${s.url}|${s.keyPrefix}|${s.timeoutMs}`;
+const redisKey = (s: RedisSettings) => `${s.url}|${s.keyPrefix}|${s.timeoutMs}|${s.ca ?? ''}`;
 
 const NO_EVENTS: AuthEvents = { jwksRefresh() {}, replayRejected() {}, log() {} };
 

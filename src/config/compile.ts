@@ -76,10 +76,21 @@ export function compile(raw: RawConfig, opts: CompileOptions): CompiledConfig {
       if ((a as { type: string }).type === 'hmac') issues.push({ path: ['authenticators', name, 'type'], message: 'hmac nonces need state shared between workers: with server.workers other than 1, use store: { type: redis, url: ... } (or workers: 1)' });
     }
   }
+  let store: StoreSettings = { type: 'memory' };
+  const storeFiles: string[] = [];
   if (raw.store.type === 'redis') {
-    try { new URL(raw.store.url); } catch { issues.push({ path: ['store', 'url'], message: 'not a valid URL' }); }
+    const r = raw.store;
+    try { new URL(r.url); } catch { issues.push({ path: ['store', 'url'], message: 'not a valid URL' }); }
+    let ca: string | undefined;
+    if (r.ca !== undefined) {
+      if (!r.url.startsWith('rediss://')) issues.push({ path: ['store', 'ca'], message: 'a CA is for TLS: use a rediss:// URL' });
+      const file = resolvePath(r.ca);
+      storeFiles.push(file);
+      try { ca = readFileSync(file, 'utf8'); } catch (e) { issues.push({ path: ['store', 'ca'], message: `cannot read ${r.ca}: ${(e as NodeJS.ErrnoException).code ?? e}` }); }
+      if (ca !== undefined && !ca.includes('-----BEGIN CERTIFICATE-----')) issues.push({ path: ['store', 'ca'], message: `${r.ca} holds no PEM certificate` });
+    }
+    store = { type: 'redis', url: r.url, keyPrefix: r.keyPrefix, timeoutMs: r.timeoutMs, ...(ca !== undefined ? { ca } : {}) };
   }
-  const store: StoreSettings = raw.store.type === 'redis' ? { type: 'redis', url: raw.store.url, keyPrefix: raw.store.keyPrefix, timeoutMs: raw.store.timeoutMs } : { type: 'memory' };
 
   const runtime = opts.runtime ?? new Runtime();
   const authFiles: string[] = [];
@@ -124,7 +135,7 @@ export function compile(raw: RawConfig, opts: CompileOptions): CompiledConfig {
 
   const listen = parseListen(raw.server.listen)!;
   const admin = parseListen(raw.admin.listen)!;
-  const files = [opts.file, ...opts.refFiles, ...tls.files, ...authFiles, ...(raw.upstream.ca ? [resolvePath(raw.upstream.ca)] : [])];
+  const files = [opts.file, ...opts.refFiles, ...tls.files, ...authFiles, ...(raw.upstream.ca ? [resolvePath(raw.upstream.ca)] : []), ...storeFiles];
 
   return Object.freeze({
     file: opts.file,

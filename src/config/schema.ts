@@ -140,6 +140,8 @@ export const configSchema = z.strictObject({
       url: z.string().regex(/^rediss?:\/\/[^\s]+$/, 'must be redis://[user:password@]host:port[/db] or rediss://… (TLS); ${env:NAME} keeps a password out of the file'),
       keyPrefix: z.string().max(64).default('portcullis:'),
       timeoutMs: z.number().int().min(10).max(10_000).default(250),
+      /** PEM file of the CA that signed the Redis server's certificate (rediss:// only; default: the system CAs). */
+      ca: z.string().min(1).optional(),
     }),
   ]).prefault({ type: 'memory' }),
   logging: z.strictObject({

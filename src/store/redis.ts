@@ -13,6 +13,8 @@ export interface RedisSettings {
   readonly keyPrefix: string;
   /** Per command, waiting for a connection included: past it the request is refused. */
   readonly timeoutMs: number;
+  /** PEM CA certificates for a rediss:// server (default: the system CAs). */
+  readonly ca?: string;
 }
 
 export interface RedisEvents {
@@ -81,6 +83,8 @@ export class RedisConnection {
       enableAutoPipelining: true,
       retryStrategy: (times) => Math.min(100 * times, 2000),
       reconnectOnError: () => false,
+      // rediss:// turns TLS on (the server's certificate is verified); a private CA is added here.
+      ...(s.ca !== undefined ? { tls: { ca: s.ca } } : {}),
     });
     let up: boolean | undefined;
     client.on('ready', () => {

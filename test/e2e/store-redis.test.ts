@@ -11,6 +11,7 @@ import { httpbis, createSigner } from 'http-message-signatures';
 import { join } from 'node:path';
 import { Redis } from 'ioredis';
 import { makeFixture } from '../helpers/pki.ts';
+import { issue } from '../../src/tls/pki.ts';
 import { startHarness, request, client, baseConfig, freePort, until, listenUpstream, type Harness } from '../helpers/harness.ts';
 import { parseProm, value } from '../helpers/prom.ts';
 
@@ -21,9 +22,10 @@ const PASSWORD = 'redis-pass-Zq7Xw2';
 const BIN = new URL('../../bin/portcullis.js', import.meta.url).pathname;
 const haveRedis = spawnSync('sh', ['-c', 'command -v redis-server']).status === 0;
 
-/** A throwaway redis-server (no persistence) on `port`, with a password. */
-async function startRedis(port: number): Promise<ChildProcess> {
-  const p = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--requirepass', PASSWORD], { stdio: ['ignore', 'pipe', 'inherit'] });
+/** A throwaway redis-server (no persistence) on `port`, with a password; `tls`: TLS only, on that port. */
+async function startRedis(port: number, tls?: { cert: string; key: string }): Promise<ChildProcess> {
+  const listen = tls ? ['--port', '0', '--tls-port', String(port), '--tls-cert-file', tls.cert, '--tls-key-file', tls.key, '--tls-auth-clients', 'no'] : ['--port', String(port)];
+  const p = spawn('redis-server', [...listen, '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--requirepass', PASSWORD], { stdio: ['ignore', 'pipe', 'inherit'] });
   let out = '';
   p.stdout!.on('data', (d) => { out += d; });
   await until('redis-server ready', () => out.includes('Ready to accept connections') || p.exitCode !== null);
@@ -189,6 +191,32 @@ t.test('store: redis', { skip: haveRedis ? false : 'redis-server is not installe
     t.equal(await connections(), opened, 'no connection opened');
     t.equal((await request(a, fx, s)).status, 200, 'the explained request is still accepted live');
   });
+});
+
+t.test('rediss:// with a private CA (store.ca): verified TLS to Redis; without the CA, signed requests are refused', { skip: haveRedis ? false : 'redis-server is not installed (.ci/run installs it)' }, async (t) => {
+  const ca = issue({ cn: 'Redis Test CA', ca: true });
+  const server = issue({ cn: 'redis.test', issuer: ca, ips: ['127.0.0.1'], eku: ['serverAuth'] });
+  const dir = mkdtempSync(join(fx.dir, 'redis-tls-'));
+  for (const [f, v] of [['ca.crt', ca.certPem], ['redis.crt', server.certPem], ['redis.key', server.keyPem]] as const) writeFileSync(join(dir, f), v);
+  const redisPort = await freePort();
+  const redis = await startRedis(redisPort, { cert: join(dir, 'redis.crt'), key: join(dir, 'redis.key') });
+  t.teardown(() => stopRedis(redis));
+  const tlsStore = (extra: string) => config(redisPort).replace(/store: \{ type: redis, url: "redis:/, 'store: { type: redis, url: "rediss:').replace('timeoutMs: 300 }', `timeoutMs: 300${extra} }`);
+
+  const trusted = await startHarness(fx, tlsStore(`, ca: ${join(dir, 'ca.crt')}`));
+  t.teardown(() => trusted.close());
+  const s = signed('/signed/orders', { amount: 1 });
+  t.equal((await request(trusted, fx, s)).status, 200, 'accepted over TLS');
+  const again = await request(trusted, fx, s);
+  t.same([again.status, again.json?.error?.code], [401, 'AUTH_009'], 'the replay is refused: the nonce is in Redis');
+
+  const untrusted = await startHarness(fx, tlsStore(''));
+  t.teardown(() => untrusted.close());
+  const r = await request(untrusted, fx, signed('/signed/orders', { amount: 2 }));
+  t.same([r.status, r.json?.error?.code], [503, 'INTERNAL'], 'the system CAs do not know the Redis CA: refused, not forwarded');
+  t.equal(untrusted.seen.length, 0);
+  await until('TLS failure logged', () => untrusted.logs.some((l) => l.msg?.startsWith('nonce store unreachable')));
+  t.match(untrusted.logs.find((l) => l.msg?.startsWith('nonce store unreachable'))!.reason, /certificate/i, 'the reason names the certificate');
 });
 
 t.test('workers: 2 with store: redis — a replay to the other worker is refused', { skip: haveRedis ? false : 'redis-server is not installed (.ci/run installs it)' }, async (t) => {

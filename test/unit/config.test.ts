@@ -78,6 +78,8 @@ t.test('error classes, each with position and path', async (t) => {
     ['hmac nonces with several workers', good.replace('  listen: 127.0.0.1:8443', '  listen: 127.0.0.1:8443\n  workers: auto').replace('  cert: { type: mtls }', '  cert: { type: mtls }\n  sig: { type: hmac, clients: [ { id: a, secret: "0123456789abcdef0123", subject: a } ] }'), /authenticators\.sig\.type: hmac nonces need state shared between workers/],
     ['redis store URL that is not redis://', good + 'store: { type: redis, url: "http://127.0.0.1:6379" }\n', /^FILE:22:\d+: store\.url: must be redis:\/\/\[user:password@\]host:port\[\/db\] or rediss:\/\//],
     ['redis store without a URL', good + 'store: { type: redis }\n', /^FILE:22:\d+: store\.url: required \(string\)$/],
+    ['redis CA without TLS', good + 'store: { type: redis, url: "redis://127.0.0.1:6379", ca: ca.crt }\n', /^FILE:22:\d+: store\.ca: a CA is for TLS: use a rediss:\/\/ URL$/],
+    ['redis CA file missing', good + 'store: { type: redis, url: "rediss://127.0.0.1:6379", ca: nope-ca.crt }\n', /^FILE:22:\d+: store\.ca: cannot read nope-ca\.crt: ENOENT$/],
     ['unknown store type', good + 'store: { type: memcached }\n', /^FILE:22:\d+: store\.type: unknown type; expected one of: memory, redis$/],
     ['CA bundle that is not a CA', good.replace(`ca: ${fx.dir}/ca.crt`, `ca: ${fx.dir}/client-valid.crt`), /tls\.clientAuth\.ca: CN=client-1,OU=payments in .* is not a CA certificate/],
   ];

@@ -72,7 +72,7 @@ export class RedisConnection {
       lazyConnect: true,
       connectTimeout: s.timeoutMs,
       // No commandTimeout: it arms and clears a timer per command, which cost the proxy
-      // ~50 µs per signed request (`npm run bench:store`); `run()` sweeps deadlines instead.
+      // 25–50 µs per signed request (`npm run bench:store`); `run()` sweeps deadlines instead.
       // A command is sent once: re-sent after a reconnect, a SET NX that did land would
       // come back "already set" and refuse a genuine request as a replay.
       maxRetriesPerRequest: 0,

@@ -19,6 +19,7 @@ import { buildContext } from '../src/pipeline/context.ts';
 import { decide, policyFor, type Decision } from '../src/pipeline/decide.ts';
 import { upstreamRequest } from '../src/pipeline/headers.ts';
 import { isPromise } from '../src/pipeline/requirements.ts';
+import { median, policyYaml, portcullisYaml } from './common.ts';
 
 const { values: opt } = parseArgs({ options: { rounds: { type: 'string', default: '7' }, iterations: { type: 'string', default: '100000' } } });
 const ROUNDS = Number(opt.rounds), N = Number(opt.iterations);
@@ -39,22 +40,12 @@ const BODY = Buffer.from(JSON.stringify({ data: 'x'.repeat(1024 - 12) }));
 const TS = String(now);
 const SIG = createHmac('sha256', HMAC_SECRET).update(`POST/hmac/bench${TS}`).update(BODY).digest('hex');
 
-const policy = (n: string, a: string) => `  - name: ${n}\n    match: { paths: ["/${n}/**"] }\n    authenticate: ${a}`;
-writeFileSync(join(W, 'pipeline.yaml'), `server: { listen: "127.0.0.1:18443" }
-tls:
-  certificates: [ { hosts: [bench.test], cert: server.crt, key: server.key } ]
-  unknownSni: default
-  clientAuth: { ca: ca.crt }
-upstream: { url: "http://127.0.0.1:18080" }
-authenticators:
-  cert: { type: mtls }
-  jwt: { type: jwt, issuer: "https://bench.test", audience: bench, algorithms: [RS256], jwks: { file: jwks.json } }
+writeFileSync(join(W, 'pipeline.yaml'), portcullisYaml({
+  authenticators: `  jwt: { type: jwt, issuer: "https://bench.test", audience: bench, algorithms: [RS256], jwks: { file: jwks.json } }
   key: { type: apiKey, keys: [ { id: bench, hash: "sha256:${createHash('sha256').update(API_KEY).digest('hex')}", subject: bench } ] }
-  sig: { type: hmac, clients: [ { id: bench, secret: "${HMAC_SECRET}", subject: bench } ], message: [method, path, timestamp, body], requireNonce: false, maxSkewSec: 3600 }
-policies:
-${[policy('mtls', 'cert'), policy('jwt', '{ all: [cert, jwt] }'), policy('apikey', '{ all: [cert, key] }'), policy('hmac', '{ all: [cert, sig] }')].join('\n')}
-logging: { level: warn, access: false }
-`);
+  sig: { type: hmac, clients: [ { id: bench, secret: "${HMAC_SECRET}", subject: bench } ], message: [method, path, timestamp, body], requireNonce: false, maxSkewSec: 3600 }`,
+  policies: [policyYaml('mtls', 'cert'), policyYaml('jwt', '{ all: [cert, jwt] }'), policyYaml('apikey', '{ all: [cert, key] }'), policyYaml('hmac', '{ all: [cert, sig] }')].join('\n'),
+}));
 const cfg = loadConfig(join(W, 'pipeline.yaml'));
 const x509 = new X509Certificate(readFileSync(join(pki.dir, 'client.crt')));
 const conn: ConnectionInfo = {
@@ -110,7 +101,6 @@ for (let round = 0; round < ROUNDS; round++) {
   const order = round % 2 ? [...routes.keys()].reverse() : [...routes.keys()];
   for (const i of order) { const m = measure(routes[i]!); for (const s of STAGES) samples[i]![s].push(m[s]); }
 }
-const median = (xs: number[]) => { const s = [...xs].sort((a, b) => a - b); const n = s.length; return n % 2 ? s[(n - 1) / 2]! : (s[n / 2 - 1]! + s[n / 2]!) / 2; };
 const us = (ns: number) => (ns / 1000).toFixed(2);
 console.log(`Portcullis pipeline per request, without the network: ${ROUNDS} rounds × ${N} calls per stage and route, median µs (min–max); node ${process.version}\n`);
 console.log(`| route | ${STAGES.join(' | ')} | total | × mTLS route |`);

@@ -6,10 +6,10 @@ import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { mkdirSync, writeFileSync, readFileSync, existsSync } from 'node:fs';
 import { join, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { createConnection } from 'node:net';
 import { createHash, createHmac, createPrivateKey, sign } from 'node:crypto';
 import { parseArgs } from 'node:util';
 import { cpus } from 'node:os';
+import { PORTS, cpuTicks, median, policyYaml, portcullisYaml, stop, waitPort } from './common.ts';
 
 const HERE = dirname(fileURLToPath(import.meta.url));
 const ROOT = join(HERE, '..');
@@ -66,27 +66,10 @@ const SHIM = join(W, 'wrk-mtls-shim.so');
 sh('cc', ['-shared', '-fPIC', '-O2', '-o', SHIM, join(HERE, 'wrk-mtls-shim.c'), '-ldl']);
 
 // ---- processes -------------------------------------------------------------
-const PORTS = { upstream: 18080, proxy: 18443 };
-function waitPort(port: number, ms = 10_000): Promise<void> {
-  const end = Date.now() + ms;
-  return new Promise((resolve, reject) => {
-    const tryOnce = () => {
-      const s = createConnection({ host: '127.0.0.1', port }, () => { s.destroy(); resolve(); });
-      s.on('error', () => { s.destroy(); if (Date.now() > end) reject(new Error(`port ${port} not open`)); else setTimeout(tryOnce, 50); });
-    };
-    tryOnce();
-  });
-}
 function startPinned(cmd: string, args: string[], env: NodeJS.ProcessEnv = {}): ChildProcess {
   const p = spawn('taskset', ['-c', SERVER_CPU, cmd, ...args], { stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, ...env } });
   p.stderr!.on('data', (d) => { const s = String(d); if (!/ExperimentalWarning|\[notice\]|NOTICE|^\s*$/.test(s)) process.stderr.write(`[${cmd}] ${s}`); });
   return p;
-}
-async function stop(p: ChildProcess): Promise<void> {
-  if (p.exitCode !== null) return;
-  const done = new Promise((r) => p.once('exit', r));
-  p.kill('SIGKILL');
-  await done;
 }
 function peakRssMb(pid: number): number {
   try { return Number(/VmHWM:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))![1]) / 1024; } catch { return NaN; }
@@ -102,22 +85,7 @@ const upstreamConf = nginxConf('upstream', `server { listen 127.0.0.1:${PORTS.up
 interface Target { name: string; label: string; scheme: 'http' | 'https'; start(): ChildProcess; headers?: string[]; script?: string; mtls: boolean; path?: string }
 const pcConfig = (name: string, auth: string, authenticate: string, policies?: string) => {
   const f = join(W, `${name}.yaml`);
-  writeFileSync(f, `server: { listen: "127.0.0.1:${PORTS.proxy}" }
-admin: { listen: "127.0.0.1:19901" }
-tls:
-  certificates: [ { hosts: [bench.test], cert: server.crt, key: server.key } ]
-  unknownSni: default
-  clientAuth: { ca: ca.crt }
-upstream: { url: "http://127.0.0.1:${PORTS.upstream}" }
-authenticators:
-  cert: { type: mtls }
-${auth}
-policies:
-${policies ?? `  - name: bench
-    match: { paths: ["/**"] }
-    authenticate: ${authenticate}`}
-logging: { level: warn, access: false }
-`);
+  writeFileSync(f, portcullisYaml({ authenticators: auth, policies: policies ?? policyYaml('bench', authenticate, true) }));
   return f;
 };
 const AUTH = {
@@ -169,11 +137,6 @@ backend be
 
 // ---- wrk ---------------------------------------------------------------------
 interface Run { rps: number; p50: number; p99: number; errors: number; cpuUs: number }
-/** utime + stime of a process, in clock ticks (1/100 s). */
-function cpuTicks(pid: number | undefined): number {
-  if (!pid) return NaN;
-  try { const f = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' '); return Number(f[11]) + Number(f[12]); } catch { return NaN; }
-}
 const ms = (v: string, unit: string) => Number(v) * ({ us: 0.001, ms: 1, s: 1000 }[unit] ?? NaN);
 function wrk(t: Target, handshake: boolean, pid?: number, seconds = SECONDS): Promise<Run> {
   const url = `${t.scheme}://127.0.0.1:${t.scheme === 'http' ? PORTS.upstream : PORTS.proxy}${t.path ?? '/bench'}`;
@@ -234,8 +197,7 @@ try {
   // route alternate in short slices (order reversed every other triple), so both sides of
   // a ratio share the process, its JIT and heap, and the same few seconds of a noisy machine.
   if (AUTH_PAIRS > 0 && (!only || only.has('pc-mtls'))) {
-    const policy = (n: string, a: string) => `  - name: ${n}\n    match: { paths: ["/${n}/**"] }\n    authenticate: ${a}`;
-    const cfg = pcConfig('pc-auth', `${AUTH.jwt}\n${AUTH.key}\n${AUTH.sig}`, '', [policy('mtls', 'cert'), policy('jwt', '{ all: [cert, jwt] }'), policy('apikey', '{ all: [cert, key] }'), policy('hmac', '{ all: [cert, sig] }')].join('\n'));
+    const cfg = pcConfig('pc-auth', `${AUTH.jwt}\n${AUTH.key}\n${AUTH.sig}`, '', [policyYaml('mtls', 'cert'), policyYaml('jwt', '{ all: [cert, jwt] }'), policyYaml('apikey', '{ all: [cert, key] }'), policyYaml('hmac', '{ all: [cert, sig] }')].join('\n'));
     const p = pc(cfg)();
     try {
       await waitPort(PORTS.proxy);
@@ -267,7 +229,6 @@ try {
 }
 
 // ---- report ----------------------------------------------------------------------
-const median = (xs: number[]) => { const s = [...xs].sort((a, b) => a - b); const n = s.length; return n % 2 ? s[(n - 1) / 2]! : (s[n / 2 - 1]! + s[n / 2]!) / 2; };
 const fmt = (x: number, d = 0) => (Number.isFinite(x) ? x.toFixed(d) : '-');
 const range = (xs: number[], d = 0) => `${fmt(Math.min(...xs), d)}–${fmt(Math.max(...xs), d)}`;
 const ratio = (name: string, ref: string, f: (s: Sample) => number | undefined) => {

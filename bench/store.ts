@@ -4,46 +4,29 @@
 // fresh list of pre-signed requests, one nonce each. Redis, the proxy and the upstream
 // share CPU 1 (all the server side on one core, as in bench/run.ts); wrk runs on CPU 0.
 //   npm run bench:store -- [--rounds 5] [--seconds 4]    (after `npm run bench` made bench/.work)
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { createHmac, randomBytes } from 'node:crypto';
-import { existsSync, readFileSync, writeFileSync } from 'node:fs';
-import { createConnection } from 'node:net';
+import { existsSync, writeFileSync } from 'node:fs';
 import { join, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
+import { PORTS, cpuTicks, median, policyYaml, portcullisYaml, stop, waitPort } from './common.ts';
 
 const HERE = dirname(fileURLToPath(import.meta.url));
 const W = join(HERE, '.work');
 const { values: opt } = parseArgs({ options: { rounds: { type: 'string', default: '5' }, seconds: { type: 'string', default: '4' } } });
 const ROUNDS = Number(opt.rounds), SECONDS = Number(opt.seconds);
-const PORTS = { upstream: 18080, proxy: 18443, redis: 16379 };
 const SECRET = 'bench-hmac-secret-0123456789abcdef';
 if (!existsSync(join(W, 'wrk-mtls-shim.so'))) throw new Error('run `npm run bench` once first: it makes bench/.work (PKI, wrk shim, upstream config)');
 if (spawnSync('sh', ['-c', 'command -v redis-server']).status !== 0) throw new Error('redis-server is not installed (apt-get install redis-server)');
 
 const config = (name: string, store: string) => {
   const f = join(W, `${name}.yaml`);
-  writeFileSync(f, `server: { listen: "127.0.0.1:${PORTS.proxy}" }
-admin: { listen: "127.0.0.1:19901" }
-tls:
-  certificates: [ { hosts: [bench.test], cert: server.crt, key: server.key } ]
-  unknownSni: default
-  clientAuth: { ca: ca.crt }
-upstream: { url: "http://127.0.0.1:${PORTS.upstream}" }
-authenticators:
-  cert: { type: mtls }
-  sig:
-    type: hmac
-    clients: [ { id: bench, secret: "${SECRET}", subject: bench } ]
-    message: [method, path, timestamp, nonce]
-    maxSkewSec: 3600
-policies:
-  - name: signed
-    match: { paths: ["/**"] }
-    authenticate: { all: [cert, sig] }
-store: ${store}
-logging: { level: warn, access: false }
-`);
+  writeFileSync(f, portcullisYaml({
+    authenticators: `  sig: { type: hmac, clients: [ { id: bench, secret: "${SECRET}", subject: bench } ], message: [method, path, timestamp, nonce], maxSkewSec: 3600 }`,
+    policies: policyYaml('signed', '{ all: [cert, sig] }', true),
+    store,
+  }));
   return f;
 };
 const CONFIGS = [
@@ -79,30 +62,12 @@ end
   return f;
 }
 
-function waitPort(port: number, ms = 10_000): Promise<void> {
-  const end = Date.now() + ms;
-  return new Promise((resolve, reject) => {
-    const once = () => {
-      const s = createConnection({ host: '127.0.0.1', port }, () => { s.destroy(); resolve(); });
-      s.on('error', () => { s.destroy(); if (Date.now() > end) reject(new Error(`port ${port} not open`)); else setTimeout(once, 50); });
-    };
-    once();
-  });
-}
 const pinned = (cmd: string, args: string[]) => spawn('taskset', ['-c', '1', cmd, ...args], { stdio: ['ignore', 'ignore', 'inherit'], cwd: W });
-async function stop(p: ChildProcess): Promise<void> {
-  if (p.exitCode !== null) return;
-  const gone = new Promise((r) => p.once('exit', r));
-  p.kill('SIGKILL');
-  await gone;
-}
-const ticks = (pid: number) => { const f = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' '); return Number(f[11]) + Number(f[12]); };
-
 interface Run { rps: number; p50: number; p99: number; bad: number; cpuUs: number; redisUs: number }
 function wrk(seconds: number, pid: number, redisPid: number | undefined): Promise<Run> {
   // Enough distinct requests for 25k req/s, far above what one core reaches here.
   const script = signedScript(25_000 * seconds);
-  const c0 = ticks(pid), r0 = redisPid ? ticks(redisPid) : 0;
+  const c0 = cpuTicks(pid), r0 = redisPid ? cpuTicks(redisPid) : 0;
   return new Promise((resolve, reject) => {
     const p = spawn('taskset', ['-c', '0', 'wrk', '-t1', '-c50', `-d${seconds}s`, '--latency', '-s', script, `https://127.0.0.1:${PORTS.proxy}/bench`],
       { env: { ...process.env, LD_PRELOAD: join(W, 'wrk-mtls-shim.so'), WRK_CLIENT_CERT: join(W, 'client.crt'), WRK_CLIENT_KEY: join(W, 'client.key') } });
@@ -117,8 +82,8 @@ function wrk(seconds: number, pid: number, redisPid: number | undefined): Promis
         rps: Number(/Requests\/sec:\s+([\d.]+)/.exec(out)?.[1]),
         p50: ms(/^\s+50%\s+([\d.]+)(us|ms|s)/m), p99: ms(/^\s+99%\s+([\d.]+)(us|ms|s)/m),
         bad: Number(/Non-2xx or 3xx responses: (\d+)/.exec(out)?.[1] ?? 0),
-        cpuUs: ((ticks(pid) - c0) * 10_000) / n,
-        redisUs: redisPid ? ((ticks(redisPid) - r0) * 10_000) / n : 0,
+        cpuUs: ((cpuTicks(pid) - c0) * 10_000) / n,
+        redisUs: redisPid ? ((cpuTicks(redisPid) - r0) * 10_000) / n : 0,
       });
     });
   });
@@ -151,7 +116,6 @@ try {
   await stop(redis);
 }
 
-const median = (xs: number[]) => { const s = [...xs].sort((a, b) => a - b); const n = s.length; return n % 2 ? s[(n - 1) / 2]! : (s[n / 2 - 1]! + s[n / 2]!) / 2; };
 const mem = results.get('memory')!;
 console.log(`\nSigned requests with a nonce each (mTLS + HMAC, seed-004 scheme), ${ROUNDS} rounds × ${SECONDS} s, 50 connections; ${new Date().toISOString()}, node ${process.version}\n`);
 console.log('| store | req/s, median (min–max) | × store: memory (per round) | proxy CPU µs/req | Redis CPU µs/req | p50 ms | p99 ms |');

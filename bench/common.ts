@@ -1,0 +1,57 @@
+// Pieces every benchmark script shares: ports, the Portcullis config they run,
+// process control and the arithmetic of their tables. No side effects on import.
+import type { ChildProcess } from 'node:child_process';
+import { readFileSync } from 'node:fs';
+import { createConnection } from 'node:net';
+
+export const PORTS = { upstream: 18080, proxy: 18443, admin: 19901, redis: 16379 } as const;
+
+/**
+ * A Portcullis config for the benchmark PKI in bench/.work (bench.test, client certificate
+ * CA, the nginx upstream): `authenticators` and `policies` are YAML lines at their indent.
+ */
+export function portcullisYaml(o: { authenticators: string; policies: string; store?: string }): string {
+  return `server: { listen: "127.0.0.1:${PORTS.proxy}" }
+admin: { listen: "127.0.0.1:${PORTS.admin}" }
+tls:
+  certificates: [ { hosts: [bench.test], cert: server.crt, key: server.key } ]
+  unknownSni: default
+  clientAuth: { ca: ca.crt }
+upstream: { url: "http://127.0.0.1:${PORTS.upstream}" }
+authenticators:
+  cert: { type: mtls }
+${o.authenticators}
+policies:
+${o.policies}
+${o.store ? `store: ${o.store}\n` : ''}logging: { level: warn, access: false }
+`;
+}
+
+/** A policy matching /NAME/** (or every path when `all`). */
+export const policyYaml = (name: string, authenticate: string, all = false) => `  - name: ${name}\n    match: { paths: ["${all ? '' : `/${name}`}/**"] }\n    authenticate: ${authenticate}`;
+
+export function waitPort(port: number, ms = 10_000): Promise<void> {
+  const end = Date.now() + ms;
+  return new Promise((resolve, reject) => {
+    const tryOnce = () => {
+      const s = createConnection({ host: '127.0.0.1', port }, () => { s.destroy(); resolve(); });
+      s.on('error', () => { s.destroy(); if (Date.now() > end) reject(new Error(`port ${port} not open`)); else setTimeout(tryOnce, 50); });
+    };
+    tryOnce();
+  });
+}
+
+export async function stop(p: ChildProcess): Promise<void> {
+  if (p.exitCode !== null) return;
+  const done = new Promise((r) => p.once('exit', r));
+  p.kill('SIGKILL');
+  await done;
+}
+
+/** utime + stime of a process, in clock ticks (1/100 s). */
+export function cpuTicks(pid: number | undefined): number {
+  if (!pid) return NaN;
+  try { const f = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' '); return Number(f[11]) + Number(f[12]); } catch { return NaN; }
+}
+
+export const median = (xs: number[]) => { const s = [...xs].sort((a, b) => a - b); const n = s.length; return n % 2 ? s[(n - 1) / 2]! : (s[n / 2 - 1]! + s[n / 2]!) / 2; };

@@ -5,18 +5,16 @@
 // touches it; workers: 2 share it.
 import t from 'tap';
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { createHash, createHmac, createPrivateKey, randomBytes } from 'node:crypto';
-import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
-import { httpbis, createSigner } from 'http-message-signatures';
+import { mkdtempSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { Redis } from 'ioredis';
 import { makeFixture } from '../helpers/pki.ts';
+import { seed004, rfc9421Ed25519Post, RFC9421_VECTORS as VEC } from '../helpers/signing.ts';
 import { issue } from '../../src/tls/pki.ts';
 import { startHarness, request, client, baseConfig, freePort, until, listenUpstream, type Harness } from '../helpers/harness.ts';
 import { parseProm, value } from '../helpers/prom.ts';
 
 const fx = makeFixture();
-const VEC = new URL('../../../shared/reference/vectors/rfc9421/', import.meta.url).pathname;
 const SECRET = 'partner-a-shared-secret-0123456789';
 const PASSWORD = 'redis-pass-Zq7Xw2';
 const BIN = new URL('../../bin/portcullis.js', import.meta.url).pathname;
@@ -71,12 +69,10 @@ logging: { level: info, access: true }
 `);
 process.env.PORTCULLIS_TEST_REDIS_PASSWORD = PASSWORD;
 
-// The client of shared/seeds/004: message = method + path + timestamp + nonce + json.dumps(body, sort_keys=True).
-function signed(path: string, body: Record<string, unknown> | undefined, nonce = randomBytes(16).toString('hex')) {
-  const timestamp = String(Math.floor(Date.now() / 1000));
-  const payload = body === undefined ? '' : JSON.stringify(body, Object.keys(body).sort()).replace(/":/g, '": ').replace(/,"/g, ', "');
-  const signature = createHmac('sha256', SECRET).update('POST' + path + timestamp + nonce + payload).digest('hex');
-  return { method: 'POST', path, body: payload, headers: { 'X-API-Key': 'partner-a', 'X-Timestamp': timestamp, 'X-Nonce': nonce, 'X-Signature': signature, 'Content-Type': 'application/json' } };
+// A POST signed by the client of shared/seeds/004 (a fresh nonce each time).
+function signed(path: string, body: Record<string, unknown> | undefined) {
+  const s = seed004(SECRET, 'POST', path, body);
+  return { method: 'POST', path, body: s.payload, headers: s.headers };
 }
 
 t.test('store: redis', async (t) => {
@@ -118,16 +114,8 @@ t.test('store: redis', async (t) => {
   });
 
   t.test('RFC 9421: a signature nonce used at one replica is refused at another (http-message-signatures client, Ed25519)', async (t) => {
-    const ed = createPrivateKey(readFileSync(join(VEC, 'keys/test-key-ed25519.priv.pem'), 'utf8').replace(/^[^-]*/, ''));
     const body = JSON.stringify({ order: 7 });
-    const digest = `sha-256=:${createHash('sha256').update(body).digest('base64')}:`;
-    const msg = await httpbis.signMessage({
-      key: createSigner(ed, 'ed25519', 'test-key-ed25519'),
-      fields: ['@method', '@path', '@authority', 'content-digest'],
-      params: ['created', 'keyid', 'nonce', 'alg'],
-      paramValues: { nonce: randomBytes(12).toString('hex') },
-    }, { method: 'POST', url: 'https://a.test/strict/orders', headers: { 'content-digest': digest, 'content-type': 'application/json' } });
-    const o = { method: 'POST', path: '/strict/orders', headers: msg.headers as Record<string, string>, body };
+    const o = { method: 'POST', path: '/strict/orders', headers: await rfc9421Ed25519Post('https://a.test/strict/orders', body), body };
     t.equal((await request(a, fx, o)).status, 200, 'replica A accepts it');
     const r = await request(b, fx, o);
     t.same([r.status, r.json?.error?.code], [401, 'AUTH_009'], 'replica B refuses the replay');

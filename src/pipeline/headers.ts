@@ -50,8 +50,8 @@ function buildXfcc(cert: PeerCert): string {
 }
 
 /**
- * Names (folded) never forwarded as the client sent them: hop-by-hop, those undici
- * frames itself, reserved identity headers, what Portcullis sets itself, and the
+ * Names (folded) never forwarded as the client sent them: hop-by-hop, those the
+ * upstream client frames itself, reserved identity headers, what Portcullis sets itself, and the
  * credential headers of the policy's authenticators. One set per policy, built on
  * first use (policies and their authenticators are fixed for a config's lifetime).
  */

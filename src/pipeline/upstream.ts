@@ -1,20 +1,16 @@
-// Forwarding to the upstream. Plain requests go to an undici Pool through a
-// dispatch handler that writes the upstream's response straight into the
-// client's (measured in bench/RESULTS.md: Node's http.request client, which
-// http-proxy-3 uses, was the bottleneck; undici's stream() wrapper cost a promise,
-// an AsyncResource, a parsed header object and stream.finished() per request).
+// Forwarding to the upstream. Plain requests go through Portcullis' own HTTP/1.1
+// client (http1.ts) to a relay that writes the upstream's response straight into the
+// client's (bench/RESULTS.md: Node's http.request client, which http-proxy-3 uses, was
+// the bottleneck; undici's Pool was better, and this client better again).
 // WebSocket upgrades go through http-proxy-3, loaded only when one arrives.
 // Errors come back as a code the handler turns into a JSON 502/504.
 import http from 'node:http';
 import https from 'node:https';
 import type { Duplex } from 'node:stream';
 import type { ProxyServer } from 'http-proxy-3';
-import type { Dispatcher } from 'undici';
-// undici's Pool alone: its index also loads fetch, WebSocket, caches and Node's own
-// bundled undici (~13 MiB of resident memory) that Portcullis never uses.
-import Pool from 'undici/lib/dispatcher/pool.js';
 import type { CompiledConfig } from '../config/compile.ts';
 import type { UpstreamRequest } from './headers.ts';
+import { Http1Pool, type Exchange, type ExchangeHandler } from './http1.ts';
 
 export type UpstreamFailure = 'UPSTREAM_UNAVAILABLE' | 'UPSTREAM_TIMEOUT';
 
@@ -31,44 +27,37 @@ export interface Forwarded {
 }
 
 /** Relays one upstream response into `res`; one object per request, no closures. */
-class Relay implements Dispatcher.DispatchHandler {
-  #abort: ((err?: Error) => void) | null = null;
-  #cancelled = false;
-  #resume: (() => void) | null = null;
-  #done = false;
+class Relay implements ExchangeHandler {
   readonly #res: http.ServerResponse;
   readonly #f: Forwarded;
+  readonly #pool: Http1Pool;
+  #ex: Exchange | undefined;
+  #resume: (() => void) | undefined;
 
-  constructor(res: http.ServerResponse, f: Forwarded) {
+  constructor(res: http.ServerResponse, f: Forwarded, pool: Http1Pool) {
     this.#res = res;
     this.#f = f;
+    this.#pool = pool;
   }
+
+  start(ex: Exchange): void { this.#ex = ex; }
 
   /** The client went away: stop the upstream exchange. */
   cancel(): void {
-    if (this.#done) return;
-    this.#cancelled = true;
-    this.#abort?.(new Error('client closed the connection'));
+    if (this.#ex) this.#pool.cancel(this.#ex);
   }
 
-  onConnect(abort: (err?: Error) => void): void {
-    if (this.#cancelled) abort(new Error('client closed the connection'));
-    else this.#abort = abort;
-  }
-
-  onHeaders(statusCode: number, raw: Buffer[], resume: () => void): boolean {
-    if (statusCode < 200) return true; // 1xx: undici continues to the final response
-    this.#resume = resume;
+  onHead(statusCode: number, raw: string[]): void {
     const out: string[] = [];
     let nominated: string[] | undefined;
     for (let i = 0; i < raw.length; i += 2) {
-      const name = raw[i]!.toString('latin1');
+      const name = raw[i]!;
       const lower = name.toLowerCase();
       if (HOP_BY_HOP_RESPONSE.has(lower)) {
-        if (lower === 'connection') (nominated ??= []).push(...raw[i + 1]!.toString('latin1').split(',').map((t) => t.trim().toLowerCase()));
+        if (lower === 'connection') (nominated ??= []).push(...raw[i + 1]!.split(',').map((t) => t.trim().toLowerCase()));
         continue;
       }
-      out.push(name, raw[i + 1]!.toString('latin1'));
+      out.push(name, raw[i + 1]!);
     }
     if (nominated) {
       // Headers the upstream nominated as hop-by-hop in its Connection header.
@@ -79,27 +68,23 @@ class Relay implements Dispatcher.DispatchHandler {
     // Node states Connection (keep-alive or close) itself, as it will behave; a header
     // value Node refuses throws here and becomes a 502 (nothing has been written yet).
     this.#res.writeHead(statusCode, out);
-    return true;
   }
 
   onData(chunk: Buffer): boolean {
     if (this.#res.write(chunk)) return true;
-    this.#res.once('drain', this.#resume!);
+    this.#res.once('drain', this.#resume ??= () => { if (this.#ex) this.#pool.resume(this.#ex); });
     return false;
   }
 
   onComplete(): void {
-    this.#done = true;
     this.#f.onComplete();
     this.#res.end();
   }
 
-  onError(err: Error & { code?: string }): void {
-    this.#done = true;
-    if (this.#cancelled || this.#res.destroyed) return;
+  onError(code: string, timeout: boolean): void {
+    if (this.#res.destroyed) return;
     if (this.#res.headersSent) { this.#res.destroy(); return; }
-    const code = err.code ?? err.name;
-    this.#f.onError(code === 'UND_ERR_HEADERS_TIMEOUT' || code === 'UND_ERR_BODY_TIMEOUT' ? 'UPSTREAM_TIMEOUT' : 'UPSTREAM_UNAVAILABLE', code === 'Error' ? err.message : code);
+    this.#f.onError(timeout ? 'UPSTREAM_TIMEOUT' : 'UPSTREAM_UNAVAILABLE', code);
   }
 }
 
@@ -108,22 +93,12 @@ export class Upstream {
   readonly #cfg: CompiledConfig['upstream'];
   #proxy?: ProxyServer;
   #agent?: http.Agent;
-  readonly #pool: InstanceType<typeof Pool>;
-  readonly #basePath: string;
+  readonly #pool: Http1Pool;
 
   constructor(cfg: CompiledConfig['upstream']) {
     this.key = cfg.key;
     this.#cfg = cfg;
-    const tlsUpstream = cfg.url.protocol === 'https:';
-    this.#basePath = cfg.url.pathname.replace(/\/$/, '');
-    this.#pool = new Pool(cfg.url.origin, {
-      connections: 512,
-      pipelining: 1,
-      keepAliveTimeout: 30_000,
-      headersTimeout: cfg.timeoutMs,
-      bodyTimeout: cfg.timeoutMs,
-      ...(tlsUpstream && cfg.ca ? { connect: { ca: cfg.ca } } : {}),
-    });
+    this.#pool = new Http1Pool({ url: cfg.url, ca: cfg.ca, timeoutMs: cfg.timeoutMs, maxConnections: 512, keepAliveMs: 30_000 });
   }
 
   /**
@@ -133,14 +108,15 @@ export class Upstream {
    */
   web(req: http.IncomingMessage, res: http.ServerResponse, up: UpstreamRequest, body: Buffer | undefined, f: Forwarded): () => void {
     const h = req.headers;
-    const hasBody = body !== undefined || h['transfer-encoding'] !== undefined || (h['content-length'] !== undefined && h['content-length'] !== '0');
-    const relay = new Relay(res, f);
-    this.#pool.dispatch({
-      path: this.#basePath + up.url,
-      method: req.method as Dispatcher.HttpMethod,
-      headers: up.headers,
-      body: body ?? (hasBody ? req : null),
-    }, relay);
+    const length = h['content-length'];
+    const streamed = body === undefined && (h['transfer-encoding'] !== undefined || (length !== undefined && length !== '0'));
+    const relay = new Relay(res, f, this.#pool);
+    try {
+      relay.start(this.#pool.request(req.method!, up.url, up.headers, body ?? (streamed ? req : null), length, relay));
+    } catch (e) {
+      // A target or header that cannot be written safely: nothing was sent.
+      f.onError('UPSTREAM_UNAVAILABLE', (e as NodeJS.ErrnoException).code ?? (e as Error).message);
+    }
     return () => relay.cancel();
   }
 
@@ -163,7 +139,7 @@ export class Upstream {
   }
 
   close(): void {
-    void this.#pool.destroy();
+    this.#pool.close();
     this.#agent?.destroy();
     this.#proxy?.close();
   }

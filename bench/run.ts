@@ -103,6 +103,7 @@ server { listen 127.0.0.1:${PORTS.proxy} ssl; ssl_certificate ${W}/server.crt; s
   { name: 'haproxy-jwt', label: 'HAProxy mTLS + jwt_verify RS256', scheme: 'https', mtls: true, headers: [`Authorization: Bearer ${JWT}`], start: () => startHaproxy(true) },
   { name: 'node-floor', label: 'bare Node https + http-proxy-3, no auth', scheme: 'https', mtls: true, start: () => startPinned(process.execPath, [join(HERE, 'node-floor.ts'), String(PORTS.proxy), String(PORTS.upstream), join(W, 'server.crt'), join(W, 'server.key'), join(W, 'ca.crt')]) },
   { name: 'undici-floor', label: 'bare Node https + undici Pool, no auth', scheme: 'https', mtls: true, start: () => startPinned(process.execPath, [join(HERE, 'undici-floor.ts'), String(PORTS.proxy), String(PORTS.upstream), join(W, 'server.crt'), join(W, 'server.key'), join(W, 'ca.crt')]) },
+  { name: 'http1-floor', label: "bare Node https + Portcullis' HTTP/1.1 client, no auth", scheme: 'https', mtls: true, start: () => startPinned(process.execPath, [join(HERE, 'http1-floor.ts'), String(PORTS.proxy), String(PORTS.upstream), join(W, 'server.crt'), join(W, 'server.key'), join(W, 'ca.crt')]) },
   { name: 'pc-mtls', label: 'Portcullis mTLS', scheme: 'https', mtls: true, start: pc(pcConfig('pc-mtls', '', 'cert')) },
   { name: 'pc-jwt', label: 'Portcullis mTLS + RS256 JWT', scheme: 'https', mtls: true, headers: [`Authorization: Bearer ${JWT}`],
     start: pc(pcConfig('pc-jwt', AUTH.jwt, '{ all: [cert, jwt] }')) },

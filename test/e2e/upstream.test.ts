@@ -2,8 +2,12 @@
 // bodies streamed byte-for-byte, and a trusted proxy's X-Forwarded-For.
 import t from 'tap';
 import tls from 'node:tls';
+import https from 'node:https';
+import { writeFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { createServer, type Socket } from 'node:net';
 import { makeFixture } from '../helpers/pki.ts';
+import { issue } from '../../src/tls/pki.ts';
 import { startHarness, request, client, baseConfig, until } from '../helpers/harness.ts';
 
 const fx = makeFixture();
@@ -225,4 +229,51 @@ t.test('response hop-by-hop headers from the upstream are not relayed; the rest 
   t.equal(r.headers['x-kept'], 'Mixed Case Value');
   t.same(r.headers['set-cookie'], ['a=1', 'b=2']);
   t.match(r.headers['x-request-id'], /^[0-9a-f-]{36}$/, 'and Portcullis adds its request id');
+});
+
+t.test('an upstream that sends a second, unasked-for response: it never reaches the next client', async (t) => {
+  let n = 0;
+  const h = await behindRawUpstream(t, (s) => s.on('data', () => {
+    n++;
+    if (n === 1) s.write('HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfirstHTTP/1.1 200 OK\r\nContent-Length: 6\r\nX-Forged: 1\r\n\r\nforged');
+    else s.write('HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nsecond');
+  }));
+  const first = await request(h, fx, { path: '/a' });
+  const second = await request(h, fx, { path: '/b' });
+  t.same([first.body, second.body, second.headers['x-forged']], ['first', 'second', undefined], 'each client got the response to its own request');
+});
+
+t.test('a chunked upstream response is relayed whole; one that breaks off mid-body closes the client connection', async (t) => {
+  const h = await behindRawUpstream(t, (s) => s.on('data', (d) => {
+    if (d.toString().startsWith('GET /broken')) { s.end('HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n'); return; }
+    s.write('HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Type: text/plain\r\n\r\n5\r\nhello\r\n7\r\n, world\r\n0\r\n\r\n');
+  }));
+  const r = await request(h, fx, { path: '/chunked' });
+  t.same([r.status, r.body, r.headers['content-type']], [200, 'hello, world', 'text/plain']);
+  await t.rejects(request(h, fx, { path: '/broken' }), { code: 'ECONNRESET' }, 'the client sees an incomplete response, never a complete-looking one');
+});
+
+t.test('upstream over TLS: verified against upstream.ca; an upstream the CA did not sign -> 502', async (t) => {
+  const upCa = issue({ cn: 'Upstream CA', ca: true });
+  const leaf = issue({ cn: 'upstream', issuer: upCa, ips: ['127.0.0.1'], eku: ['serverAuth'] });
+  const seen: string[] = [];
+  const server = https.createServer({ cert: leaf.certPem, key: leaf.keyPem }, (req, res) => { seen.push(String(req.headers['x-auth-method'])); res.end('over tls'); });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
+  t.teardown(() => { server.closeAllConnections(); server.close(); });
+  const port = (server.address() as { port: number }).port;
+  const caFile = join(fx.dir, 'upstream-ca.crt');
+  writeFileSync(caFile, upCa.certPem);
+  const cfg = (ca: string) => baseConfig(policies).replace('url: {{UPSTREAM}}', `url: https://127.0.0.1:${port}\n  ca: ${ca}`);
+  const h = await startHarness(fx, cfg(caFile));
+  t.teardown(() => h.close());
+  const r = await request(h, fx, { path: '/ws/x', ...client(fx, 'valid') });
+  t.same([r.status, r.body, seen], [200, 'over tls', ['mtls']], 'forwarded over TLS with the identity');
+  const wrongCa = join(fx.dir, 'other-ca.crt');
+  writeFileSync(wrongCa, issue({ cn: 'Other CA', ca: true }).certPem);
+  const bad = await startHarness(fx, cfg(wrongCa));
+  t.teardown(() => bad.close());
+  const refused = await request(bad, fx, { path: '/x' });
+  t.same([refused.status, refused.json.error.code], [502, 'UPSTREAM_UNAVAILABLE']);
+  t.ok(bad.logs.find((l) => l.msg === 'upstream error' && /UNABLE_TO_VERIFY|SELF_SIGNED|ISSUER/.test(l.detail)), 'the TLS failure is in the log');
+  t.equal(seen.length, 1, 'nothing reached the upstream through the untrusted connection');
 });

@@ -184,6 +184,7 @@ export function createHandler(deps: HandlerDeps) {
     code?: ErrorCode;
     tUp = 0;
     upstreamMs?: number;
+    broken = false;
     cancel?: () => void;
     readonly responseHeaders: string[] = [];
     readonly t0: number;
@@ -210,13 +211,21 @@ export function createHandler(deps: HandlerDeps) {
       sendError(this.res, f, this.id);
     }
 
+    onBroken(f: UpstreamFailure, detail: string): void {
+      this.upstreamMs = performance.now() - this.tUp;
+      logger.error({ msg: 'upstream error', requestId: this.id, code: f, detail, afterHead: true });
+      this.code = f;
+      this.broken = true;
+    }
+
     /** The response is finished or the connection closed: the one place a request is logged and counted. */
     closed(): void {
       inFlight--;
       const finished = this.res.writableFinished;
       if (!finished) this.cancel?.();
       const ctx = this.ctx;
-      logAccess(this.cfg, ctx, this.id, ctx?.method ?? this.req.method, this.d, this.code, finished ? this.res.statusCode : 499, this.t0, this.upstreamMs);
+      // 499: the client left; a response the upstream broke off keeps the status the client saw.
+      logAccess(this.cfg, ctx, this.id, ctx?.method ?? this.req.method, this.d, this.code, finished || this.broken ? this.res.statusCode : 499, this.t0, this.upstreamMs);
     }
   }
 

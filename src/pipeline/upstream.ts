@@ -24,6 +24,8 @@ export interface Forwarded {
   onComplete(): void;
   /** No response head could be relayed: the handler answers with a JSON error. */
   onError(f: UpstreamFailure, detail: string): void;
+  /** The upstream failed after the head was relayed: the client's response is cut. */
+  onBroken(f: UpstreamFailure, detail: string): void;
 }
 
 /** Relays one upstream response into `res`; one object per request, no closures. */
@@ -83,8 +85,9 @@ class Relay implements ExchangeHandler {
 
   onError(code: string, timeout: boolean): void {
     if (this.#res.destroyed) return;
-    if (this.#res.headersSent) { this.#res.destroy(); return; }
-    this.#f.onError(timeout ? 'UPSTREAM_TIMEOUT' : 'UPSTREAM_UNAVAILABLE', code);
+    const f = timeout ? 'UPSTREAM_TIMEOUT' : 'UPSTREAM_UNAVAILABLE';
+    if (this.#res.headersSent) { this.#f.onBroken(f, code); this.#res.destroy(); return; }
+    this.#f.onError(f, code);
   }
 }
 

@@ -277,3 +277,17 @@ t.test('upstream over TLS: verified against upstream.ca; an upstream the CA did 
   t.ok(bad.logs.find((l) => l.msg === 'upstream error' && /UNABLE_TO_VERIFY|SELF_SIGNED|ISSUER/.test(l.detail)), 'the TLS failure is in the log');
   t.equal(seen.length, 1, 'nothing reached the upstream through the untrusted connection');
 });
+
+t.test('an upstream that stalls mid-body: the client connection is cut after upstream.timeoutMs, and the proxy keeps serving', async (t) => {
+  const h = await behindRawUpstream(t, (s) => s.on('data', (d) => {
+    if (d.toString().startsWith('GET /stall')) s.write('HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\npartial'); // and nothing more
+    else s.write('HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok');
+  }));
+  const t0 = Date.now();
+  await t.rejects(request(h, fx, { path: '/stall' }), { code: 'ECONNRESET' }, 'an incomplete response is cut, not completed');
+  t.ok(Date.now() - t0 < 5000, 'within the timeout (1 s), give or take the timer');
+  await until('the access line', () => h.logs.some((l) => l.msg === 'access' && l.path === '/stall'));
+  t.match(h.logs.find((l) => l.msg === 'upstream error'), { code: 'UPSTREAM_TIMEOUT', detail: 'UPSTREAM_TIMEOUT', afterHead: true }, 'logged as an upstream failure');
+  t.match(h.logs.find((l) => l.msg === 'access' && l.path === '/stall'), { status: 200, code: 'UPSTREAM_TIMEOUT' }, 'not as a client that left (499)');
+  t.equal((await request(h, fx, { path: '/ok' })).body, 'ok');
+});

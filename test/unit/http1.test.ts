@@ -315,3 +315,16 @@ t.test('TLS upstream: verified against upstream.ca by name or IP; an unverifiabl
   const wp = (wrong.address() as { port: number }).port;
   t.equal((await get(pool(t, wp, { url: `https://127.0.0.1:${wp}`, ca: ca.certPem }))).error, 'ERR_TLS_CERT_ALTNAME_INVALID', 'a certificate for another name');
 });
+
+t.test('an upstream by IPv6 literal or by name', async (t) => {
+  const server = createServer((s) => s.on('data', () => s.write('HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nv6')));
+  await new Promise<void>((r) => server.listen(0, '::1', () => r()));
+  t.teardown(() => server.close());
+  const port = (server.address() as { port: number }).port;
+  t.equal((await get(pool(t, 0, { url: `http://[::1]:${port}` }))).body.toString(), 'v6', 'http://[::1]:port');
+  const up = await raw(t, (s) => s.write('HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nname'));
+  const byName = await get(pool(t, 0, { url: `http://localhost:${up.port}` }));
+  // localhost may resolve to ::1 first; the raw server listens on 127.0.0.1 only, which
+  // Node's connect reaches by trying each address (autoSelectFamily).
+  t.same([byName.error, byName.body.toString()], [undefined, 'name'], 'http://localhost:port');
+});

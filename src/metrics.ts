@@ -94,6 +94,7 @@ export function createMetrics() {
     requestDuration: new FastHistogram(`${p}request_duration_seconds`, 'Time from request head to response end', REQUEST_BUCKETS, registry),
     authDuration: new FastHistogram(`${p}auth_duration_seconds`, 'Time spent in each authenticator', AUTH_BUCKETS, registry),
     upstreamDuration: new FastHistogram(`${p}upstream_duration_seconds`, 'Time from forwarding to the upstream until its response was relayed in full', REQUEST_BUCKETS, registry),
+    upstreamErrors: new FastCounter(`${p}upstream_errors_total`, 'Upstream exchanges that failed, by reason (connect, timeout, reset, tls, protocol, request)', registry),
     tlsHandshakes: new FastCounter(`${p}tls_handshakes_total`, 'TLS handshakes by SNI name (as configured, or "other"/"none") and result', registry),
     clientCertVerifications: new FastCounter(`${p}client_cert_verifications_total`, 'Client certificates seen at handshake, by verification result', registry),
     certExpiry: new Gauge({ name: `${p}certificate_expiry_timestamp_seconds`, help: 'notAfter of server certificates and client CAs, nextUpdate of CRLs', labelNames: ['name', 'role'], aggregator: 'max', registers: [registry] }),
@@ -117,6 +118,9 @@ export function createMetrics() {
     },
     observeUpstream(seconds: number): void {
       m.upstreamDuration.observe('', NO_LABELS, seconds);
+    },
+    countUpstreamError(reason: string): void {
+      m.upstreamErrors.inc(reason, () => ({ reason }));
     },
     countHandshake(sni: string, result: string): void {
       m.tlsHandshakes.inc(`${sni}\u0000${result}`, () => ({ sni, result }));

@@ -11,7 +11,7 @@ import type { ConnectionInfo } from '../tls/peer.ts';
 import { buildContext, type RequestContext } from './context.ts';
 import { decide, policyFor, type Decision } from './decide.ts';
 import { headerObject, headerSafe, upstreamRequest, type UpstreamRequest } from './headers.ts';
-import type { Forwarded, Upstream, UpstreamFailure } from './upstream.ts';
+import { upstreamReason, type Forwarded, type Upstream, type UpstreamFailure } from './upstream.ts';
 import { isPromise, type MaybePromise } from './requirements.ts';
 
 export interface HandlerDeps {
@@ -207,6 +207,7 @@ export function createHandler(deps: HandlerDeps) {
     onError(f: UpstreamFailure, detail: string): void {
       this.upstreamMs = performance.now() - this.tUp;
       logger.error({ msg: 'upstream error', requestId: this.id, code: f, detail });
+      metrics.countUpstreamError(upstreamReason(f, detail));
       this.code = f;
       sendError(this.res, f, this.id);
     }
@@ -214,6 +215,7 @@ export function createHandler(deps: HandlerDeps) {
     onBroken(f: UpstreamFailure, detail: string): void {
       this.upstreamMs = performance.now() - this.tUp;
       logger.error({ msg: 'upstream error', requestId: this.id, code: f, detail, afterHead: true });
+      metrics.countUpstreamError(upstreamReason(f, detail));
       this.code = f;
       this.broken = true;
     }
@@ -296,6 +298,7 @@ export function createHandler(deps: HandlerDeps) {
     logAccess(cfg, ctx, ctx.id, ctx.method, d, d.code, 101, t0);
     deps.upstream(cfg).ws(req, socket, head, (f, detail) => {
       logger.error({ msg: 'upstream error', requestId: ctx.id, code: f, detail });
+      metrics.countUpstreamError(upstreamReason(f, detail));
       if (socket.writable) sendErrorOnSocket(socket, f, ctx.id);
       else socket.destroy();
     });

@@ -14,6 +14,19 @@ import { Http1Pool, type Exchange, type ExchangeHandler } from './http1.ts';
 
 export type UpstreamFailure = 'UPSTREAM_UNAVAILABLE' | 'UPSTREAM_TIMEOUT';
 
+/**
+ * The `reason` label of upstream_errors_total for a failure's detail (a Node error code or
+ * one of http1.ts'): a bounded set, so the label never carries a raw error.
+ */
+export function upstreamReason(f: UpstreamFailure, detail: string): 'connect' | 'timeout' | 'reset' | 'tls' | 'protocol' | 'request' {
+  if (f === 'UPSTREAM_TIMEOUT') return 'timeout';
+  if (/^(ECONNREFUSED|ENOTFOUND|EAI_AGAIN|EHOSTUNREACH|ENETUNREACH|EADDRNOTAVAIL|ENOENT)$/.test(detail)) return 'connect';
+  if (/^(ECONNRESET|EPIPE|ECONNABORTED|UPSTREAM_CLOSED_MID_RESPONSE)$/.test(detail)) return 'reset';
+  if (/^(ERR_TLS_|ERR_SSL_|UNABLE_TO_|CERT_|DEPTH_ZERO|SELF_SIGNED|HOSTNAME_MISMATCH)/.test(detail)) return 'tls';
+  if (detail === 'UPSTREAM_BAD_REQUEST') return 'request';
+  return 'protocol';
+}
+
 /** Response headers never relayed: hop-by-hop (RFC 9110 §7.6.1); Node frames the response itself. */
 const HOP_BY_HOP_RESPONSE = new Set(['connection', 'keep-alive', 'proxy-connection', 'transfer-encoding', 'upgrade', 'te', 'trailer']);
 

@@ -8,6 +8,13 @@ import { join } from 'node:path';
 import { createServer, type Socket } from 'node:net';
 import { makeFixture } from '../helpers/pki.ts';
 import { issue } from '../../src/tls/pki.ts';
+import { parseProm } from '../helpers/prom.ts';
+
+/** portcullis_upstream_errors_total by reason, from the admin port. */
+async function upstreamErrors(h: { adminPort: number }): Promise<Record<string, number>> {
+  const { samples } = parseProm(await fetch(`http://127.0.0.1:${h.adminPort}/metrics`).then((x) => x.text()));
+  return Object.fromEntries(samples.filter((x) => x.name === 'portcullis_upstream_errors_total').map((x) => [x.labels.reason, x.value]));
+}
 import { startHarness, request, client, baseConfig, until } from '../helpers/harness.ts';
 
 const fx = makeFixture();
@@ -37,6 +44,7 @@ t.test('upstream refused -> 502 UPSTREAM_UNAVAILABLE as JSON', async (t) => {
   t.same([r.status, r.json.error.code], [502, 'UPSTREAM_UNAVAILABLE']);
   t.notMatch(r.body, /ECONNREFUSED|127\.0\.0\.1|stack/, 'no internals in the body');
   t.ok(h.logs.find((l) => l.msg === 'upstream error' && l.detail === 'ECONNREFUSED'), 'the detail goes to the log');
+  t.same(await upstreamErrors(h), { connect: 1 }, 'upstream_errors_total{reason="connect"}');
 });
 
 t.test('upstream slower than upstream.timeoutMs -> 504; a reset -> 502', async (t) => {
@@ -54,6 +62,7 @@ t.test('upstream slower than upstream.timeoutMs -> 504; a reset -> 502', async (
   t.same([reset.status, reset.json.error.code], [502, 'UPSTREAM_UNAVAILABLE']);
   const ok = await request(h, fx, { path: '/fine' });
   t.same([ok.status, ok.body], [200, 'ok'], 'and the proxy keeps serving');
+  t.same(await upstreamErrors(h), { timeout: 1, reset: 1 }, 'upstream_errors_total by reason');
 });
 
 t.test('bodies are streamed byte-for-byte', async (t) => {
@@ -216,6 +225,7 @@ t.test('an upstream response Node cannot relay (a control character in a header 
   t.equal(r.headers['x-bad'], undefined, 'the header never reached the client');
   const again = await request(h, fx, { path: '/x' });
   t.equal(again.status, 502, 'the proxy is still up');
+  t.same(await upstreamErrors(h), { protocol: 2 }, 'counted as protocol errors');
 });
 
 t.test('response hop-by-hop headers from the upstream are not relayed; the rest arrive as sent', async (t) => {
@@ -276,6 +286,7 @@ t.test('upstream over TLS: verified against upstream.ca; an upstream the CA did 
   t.same([refused.status, refused.json.error.code], [502, 'UPSTREAM_UNAVAILABLE']);
   t.ok(bad.logs.find((l) => l.msg === 'upstream error' && /UNABLE_TO_VERIFY|SELF_SIGNED|ISSUER/.test(l.detail)), 'the TLS failure is in the log');
   t.equal(seen.length, 1, 'nothing reached the upstream through the untrusted connection');
+  t.same([await upstreamErrors(h), await upstreamErrors(bad)], [{}, { tls: 1 }], 'counted as a TLS error');
 });
 
 t.test('an upstream that stalls mid-body: the client connection is cut after upstream.timeoutMs, and the proxy keeps serving', async (t) => {
@@ -289,5 +300,6 @@ t.test('an upstream that stalls mid-body: the client connection is cut after ups
   await until('the access line', () => h.logs.some((l) => l.msg === 'access' && l.path === '/stall'));
   t.match(h.logs.find((l) => l.msg === 'upstream error'), { code: 'UPSTREAM_TIMEOUT', detail: 'UPSTREAM_TIMEOUT', afterHead: true }, 'logged as an upstream failure');
   t.match(h.logs.find((l) => l.msg === 'access' && l.path === '/stall'), { status: 200, code: 'UPSTREAM_TIMEOUT' }, 'not as a client that left (499)');
+  t.same(await upstreamErrors(h), { timeout: 1 }, 'and counted');
   t.equal((await request(h, fx, { path: '/ok' })).body, 'ok');
 });

@@ -41,7 +41,7 @@ export interface Forwarded {
   onBroken(f: UpstreamFailure, detail: string): void;
 }
 
-/** Relays one upstream response into `res`; one object per request, no closures. */
+/** Relays one upstream response into `res`; one object per request (a closure only under backpressure). */
 class Relay implements ExchangeHandler {
   readonly #res: http.ServerResponse;
   readonly #f: Forwarded;

@@ -99,6 +99,7 @@ class Conn {
   readonly onBodyData = (c: Buffer): void => this.sendBodyChunk(c);
   readonly onBodyEnd = (): void => this.endBody();
   readonly onDrain = (): void => { this.streaming?.resume(); };
+  readonly uncork = (): void => { this.socket.uncork(); };
 
   constructor(pool: Http1Pool, o: PoolOptions) {
     this.pool = pool;
@@ -138,8 +139,12 @@ class Conn {
       s.write(body);
       s.uncork();
     } else {
+      // The head waits until the end of this turn of the event loop, so that a body that
+      // arrived with it (most small POSTs) leaves in the same write.
       this.requestDone = false;
+      s.cork();
       s.write(ex.head, 'latin1');
+      setImmediate(this.uncork);
       this.streaming = body;
       body.on('data', this.onBodyData);
       body.on('end', this.onBodyEnd);

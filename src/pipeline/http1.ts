@@ -74,6 +74,23 @@ export class Exchange {
 const Phase = { Idle: 0, Head: 1, Length: 2, ChunkSize: 3, ChunkData: 4, ChunkEnd: 5, Trailers: 6, UntilClose: 7, Done: 8 } as const;
 type Phase = (typeof Phase)[keyof typeof Phase];
 
+/**
+ * Upstream writes are held (corked) until the end of the current turn of the event loop
+ * and then sent together: the upstream is woken once for the batch of requests admitted
+ * in that turn instead of once per request, and a body that arrived with its head goes
+ * out in the same write. Measured in bench/RESULTS.md (fifth round): ~1.18× req/s for
+ * GETs, ~1.37× for 1 KiB POSTs, on a machine where the upstream shares the proxy's core.
+ */
+let corked: net.Socket[] = [];
+function flush(): void {
+  const list = corked;
+  corked = [];
+  for (let i = 0; i < list.length; i++) list[i]!.uncork();
+}
+function flushLater(s: net.Socket): void {
+  if (corked.push(s) === 1) setImmediate(flush);
+}
+
 class Conn {
   readonly socket: net.Socket;
   readonly pool: Http1Pool;
@@ -99,7 +116,6 @@ class Conn {
   readonly onBodyData = (c: Buffer): void => this.sendBodyChunk(c);
   readonly onBodyEnd = (): void => this.endBody();
   readonly onDrain = (): void => { this.streaming?.resume(); };
-  readonly uncork = (): void => { this.socket.uncork(); };
 
   constructor(pool: Http1Pool, o: PoolOptions) {
     this.pool = pool;
@@ -129,22 +145,16 @@ class Conn {
     this.headOnly = ex.method === 'HEAD';
     const s = this.socket;
     const body = ex.body;
-    if (body === null) {
+    // The request leaves at the end of this turn of the event loop, together with every
+    // other request admitted in it (see flushLater), and with a body that arrived with it.
+    s.cork();
+    flushLater(s);
+    s.write(ex.head, 'latin1');
+    if (body === null || Buffer.isBuffer(body)) {
       this.requestDone = true;
-      s.write(ex.head, 'latin1');
-    } else if (Buffer.isBuffer(body)) {
-      this.requestDone = true;
-      s.cork();
-      s.write(ex.head, 'latin1');
-      s.write(body);
-      s.uncork();
+      if (body !== null) s.write(body);
     } else {
-      // The head waits until the end of this turn of the event loop, so that a body that
-      // arrived with it (most small POSTs) leaves in the same write.
       this.requestDone = false;
-      s.cork();
-      s.write(ex.head, 'latin1');
-      setImmediate(this.uncork);
       this.streaming = body;
       body.on('data', this.onBodyData);
       body.on('end', this.onBodyEnd);

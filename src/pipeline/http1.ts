@@ -44,6 +44,8 @@ const TOKEN = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
 const BAD_VALUE = /[\0-\x08\x0a-\x1f\x7f\u0100-\uffff]/;
 /** A request target may hold no whitespace or control character (it is already normalised). */
 const BAD_TARGET = /[^\x21-\x7e\x80-\xff]/;
+/** A chunk-size line: at most 8 hex digits (4 GiB), optional extensions (RFC 9112 §7.1). */
+const CHUNK_SIZE = /^([0-9A-Fa-f]{1,8})(?:[\t ]*;[\t\x20-\x7e\x80-\xff]*)?$/;
 const STATUS_LINE = /^HTTP\/1\.([01]) ([1-9]\d\d)(?: [\t\x20-\x7e\x80-\xff]*)?$/;
 const IDEMPOTENT = new Set(['GET', 'HEAD', 'OPTIONS', 'PUT', 'DELETE', 'TRACE']);
 const EXPECTS_BODY = new Set(['POST', 'PUT', 'PATCH']);
@@ -104,8 +106,10 @@ class Conn {
   /** Reading is paused because the client is slower than the upstream (no timeout then). */
   paused = false;
   timeoutSkipped = false;
-  /** Bytes of body left (Length, ChunkData), or of a chunk's trailing CRLF. */
+  /** Bytes of body left (Length, ChunkData). */
   left = 0;
+  /** Bytes of a chunk's trailing CRLF still to read (ChunkEnd). */
+  crlfLeft = 0;
   keepAlive = true;
   sawResponseByte = false;
   requestDone = true;
@@ -215,15 +219,9 @@ class Conn {
           if (!this.parseHead(head)) return;
           break;
         }
-        case Phase.Length: {
-          const n = Math.min(this.left, d.length - i);
-          this.left -= n;
-          const chunk = d.subarray(i, i + n);
-          i += n;
-          if (this.left === 0) this.phase = Phase.Done;
-          this.deliver(chunk);
+        case Phase.Length:
+          i = this.body(d, i, Phase.Done);
           break;
-        }
         case Phase.UntilClose: {
           this.deliver(i === 0 ? d : d.subarray(i));
           i = d.length;
@@ -245,28 +243,22 @@ class Conn {
             else if (BAD_VALUE.test(line) || !line.includes(':')) return this.fail('UPSTREAM_BAD_CHUNK', false);
             break;
           }
-          const m = /^([0-9A-Fa-f]{1,8})(?:[\t ]*;[\t\x20-\x7e\x80-\xff]*)?$/.exec(line);
+          const m = CHUNK_SIZE.exec(line);
           if (!m) return this.fail('UPSTREAM_BAD_CHUNK', false);
           const size = parseInt(m[1]!, 16);
           if (size === 0) this.phase = Phase.Trailers;
-          else { this.left = size; this.phase = Phase.ChunkData; }
+          else { this.left = size; this.crlfLeft = 2; this.phase = Phase.ChunkData; }
           break;
         }
-        case Phase.ChunkData: {
-          const n = Math.min(this.left, d.length - i);
-          this.left -= n;
-          const chunk = d.subarray(i, i + n);
-          i += n;
-          if (this.left === 0) { this.phase = Phase.ChunkEnd; this.left = 2; }
-          this.deliver(chunk);
+        case Phase.ChunkData:
+          i = this.body(d, i, Phase.ChunkEnd);
           break;
-        }
         case Phase.ChunkEnd: {
           // The CRLF after a chunk's data, possibly split across reads.
-          const want = this.left === 2 ? 13 : 10;
+          const want = this.crlfLeft === 2 ? 13 : 10;
           if (d[i] !== want) return this.fail('UPSTREAM_BAD_CHUNK', false);
           i++;
-          if (--this.left === 0) this.phase = Phase.ChunkSize;
+          if (--this.crlfLeft === 0) this.phase = Phase.ChunkSize;
           break;
         }
         case Phase.Done:
@@ -282,6 +274,15 @@ class Conn {
       if (i < d.length) this.keepAlive = false;
       this.complete();
     }
+  }
+
+  /** Up to `left` body bytes of `d` from `i` to the handler; `next` once none are left. Returns the new offset. */
+  body(d: Buffer, i: number, next: Phase): number {
+    const n = Math.min(this.left, d.length - i);
+    this.left -= n;
+    if (this.left === 0) this.phase = next;
+    this.deliver(d.subarray(i, i + n));
+    return i + n;
   }
 
   deliver(chunk: Buffer): void {
@@ -371,7 +372,7 @@ class Conn {
     ex.handler.onComplete();
     // A request body still being sent (the upstream answered early) would be read as the
     // next request; bytes after the response, or a Connection: close, end the connection too.
-    if (!this.requestDone || !this.keepAlive || this.pending) {
+    if (!this.requestDone || !this.keepAlive) {
       this.detachBody();
       this.socket.destroy();
       return;

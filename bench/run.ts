@@ -97,10 +97,11 @@ const pc = (cfg: string) => () => startPinned(process.execPath, ['--max-semi-spa
 const TARGETS: Target[] = [
   { name: 'direct', label: 'direct to upstream (ceiling, plain HTTP)', scheme: 'http', mtls: false, start: () => startPinned('true', []) },
   { name: 'nginx', label: 'nginx mTLS proxy', scheme: 'https', mtls: true, start: () => startPinned('nginx', ['-c', nginxConf('nginx', `upstream up { server 127.0.0.1:${PORTS.upstream}; keepalive 64; }
-server { listen 127.0.0.1:${PORTS.proxy} ssl; ssl_certificate ${W}/server.crt; ssl_certificate_key ${W}/server.key; ssl_client_certificate ${W}/ca.crt; ssl_verify_client on;
+server { listen 127.0.0.1:${PORTS.proxy} ssl; ssl_protocols TLSv1.2 TLSv1.3; ssl_certificate ${W}/server.crt; ssl_certificate_key ${W}/server.key; ssl_client_certificate ${W}/ca.crt; ssl_verify_client on;
   location / { proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection ""; proxy_set_header X-Client-DN $ssl_client_s_dn; } }`)]) },
   { name: 'haproxy', label: 'HAProxy mTLS (verify required)', scheme: 'https', mtls: true, start: () => startHaproxy(false) },
   { name: 'haproxy-jwt', label: 'HAProxy mTLS + jwt_verify RS256', scheme: 'https', mtls: true, headers: [`Authorization: Bearer ${JWT}`], start: () => startHaproxy(true) },
+  { name: 'node-direct', label: 'bare Node https answering itself, no upstream (Node ceiling)', scheme: 'https', mtls: true, start: () => startPinned(process.execPath, [join(HERE, 'node-direct.ts'), String(PORTS.proxy), join(W, 'server.crt'), join(W, 'server.key'), join(W, 'ca.crt')]) },
   { name: 'node-floor', label: 'bare Node https + http-proxy-3, no auth', scheme: 'https', mtls: true, start: () => startPinned(process.execPath, [join(HERE, 'node-floor.ts'), String(PORTS.proxy), String(PORTS.upstream), join(W, 'server.crt'), join(W, 'server.key'), join(W, 'ca.crt')]) },
   { name: 'undici-floor', label: 'bare Node https + undici Pool, no auth', scheme: 'https', mtls: true, start: () => startPinned(process.execPath, [join(HERE, 'undici-floor.ts'), String(PORTS.proxy), String(PORTS.upstream), join(W, 'server.crt'), join(W, 'server.key'), join(W, 'ca.crt')]) },
   { name: 'http1-floor', label: "bare Node https + Portcullis' HTTP/1.1 client, no auth", scheme: 'https', mtls: true, start: () => startPinned(process.execPath, [join(HERE, 'http1-floor.ts'), String(PORTS.proxy), String(PORTS.upstream), join(W, 'server.crt'), join(W, 'server.key'), join(W, 'ca.crt')]) },
@@ -137,7 +138,13 @@ backend be
 }
 
 // ---- wrk ---------------------------------------------------------------------
-interface Run { rps: number; p50: number; p99: number; errors: number; cpuUs: number }
+interface Run {
+  rps: number; p50: number; p99: number; errors: number; cpuUs: number;
+  /** wrk's own CPU over the run, as a share of its one core (1 = saturated). */
+  loadCpu: number;
+  /** Handshakes wrk completed, how many resumed, how many were TLS 1.3 (from the shim). */
+  handshakes: number; resumed: number; tls13: number;
+}
 const ms = (v: string, unit: string) => Number(v) * ({ us: 0.001, ms: 1, s: 1000 }[unit] ?? NaN);
 function wrk(t: Target, handshake: boolean, pid?: number, seconds = SECONDS): Promise<Run> {
   const url = `${t.scheme}://127.0.0.1:${t.scheme === 'http' ? PORTS.upstream : PORTS.proxy}${t.path ?? '/bench'}`;
@@ -148,8 +155,11 @@ function wrk(t: Target, handshake: boolean, pid?: number, seconds = SECONDS): Pr
   args.push(url);
   const env = { ...process.env, ...(t.mtls ? { LD_PRELOAD: SHIM, WRK_CLIENT_CERT: join(W, 'client.crt'), WRK_CLIENT_KEY: join(W, 'client.key') } : {}), ...(handshake ? { WRK_NO_RESUME: '1' } : {}) };
   const cpu0 = cpuTicks(pid);
+  const started = performance.now();
   return new Promise((resolve, reject) => {
-    const p = spawn('taskset', args, { env });
+    // bash's `times` prints its children's user and system CPU: wrk's own, to show
+    // whether the load generator was the limit.
+    const p = spawn('bash', ['-c', 'taskset "$@"; s=$?; times; exit $s', 'bash', ...args], { env });
     let out = '';
     p.stdout.on('data', (d) => { out += d; });
     p.stderr.on('data', (d) => { out += d; });
@@ -163,7 +173,15 @@ function wrk(t: Target, handshake: boolean, pid?: number, seconds = SECONDS): Pr
       const requests = Number(/(\d+) requests in/.exec(out)?.[1] ?? NaN);
       // CPU the proxy spent per request: far steadier than req/s on a shared machine.
       const cpuUs = ((cpuTicks(pid) - cpu0) * 10_000) / requests;
-      resolve({ rps, p50: pct('50'), p99: pct('99'), errors, cpuUs });
+      const tm = /(\d+)m([\d.]+)s (\d+)m([\d.]+)s\s*$/.exec(out.trim());
+      const took = /requests in ([\d.]+)(ms|s|m)\b/.exec(out);
+      const wall = took ? Number(took[1]) * ({ ms: 0.001, s: 1, m: 60 }[took[2]!] ?? NaN) : (performance.now() - started) / 1000;
+      const loadCpu = tm ? (Number(tm[1]) * 60 + Number(tm[2]) + Number(tm[3]) * 60 + Number(tm[4])) / wall : NaN;
+      const shim = /wrk-mtls-shim: (\d+) handshakes, (\d+) resumed, (\d+) TLSv1\.3/.exec(out);
+      const [handshakes, resumed, tls13] = shim ? [Number(shim[1]), Number(shim[2]), Number(shim[3])] : [NaN, NaN, NaN];
+      // A "full handshake" figure that includes resumptions would flatter the server.
+      if (handshake && resumed !== 0) return reject(new Error(`${t.name}: ${resumed} of ${handshakes} handshakes resumed a session; the full-handshake figure would be wrong`));
+      resolve({ rps, p50: pct('50'), p99: pct('99'), errors, cpuUs, loadCpu, handshakes, resumed, tls13 });
     });
   });
 }
@@ -189,7 +207,7 @@ try {
       const hs = t.name === 'direct' || opt['no-handshake'] ? undefined : await wrk(t, true, p.pid);
       const rss = t.name === 'direct' ? peakRssMb(upstream.pid!) : peakRssMb(p.pid!);
       results.get(t.name)!.push({ ka, hs, rss });
-      process.stderr.write(`round ${round} ${t.name.padEnd(12)} ${ka.rps.toFixed(0).padStart(7)} req/s  cpu ${ka.cpuUs.toFixed(0)} µs/req  p50 ${ka.p50.toFixed(2)} ms  p99 ${ka.p99.toFixed(2)} ms  handshakes ${hs ? hs.rps.toFixed(0) : '-'}/s  rss ${rss.toFixed(0)} MiB${ka.errors || hs?.errors ? `  ERRORS ${ka.errors}/${hs?.errors ?? 0}` : ''}\n`);
+      process.stderr.write(`round ${round} ${t.name.padEnd(12)} ${ka.rps.toFixed(0).padStart(7)} req/s  cpu ${ka.cpuUs.toFixed(0)} µs/req  p50 ${ka.p50.toFixed(2)} ms  p99 ${ka.p99.toFixed(2)} ms  handshakes ${hs ? `${hs.rps.toFixed(0)}/s (${hs.cpuUs.toFixed(0)} µs, wrk ${(hs.loadCpu * 100).toFixed(0)} %, ${hs.tls13 === hs.handshakes ? 'TLS 1.3' : `${hs.tls13}/${hs.handshakes} TLS 1.3`})` : '-'}  wrk ${(ka.loadCpu * 100).toFixed(0)} %  rss ${rss.toFixed(0)} MiB${ka.errors || hs?.errors ? `  ERRORS ${ka.errors}/${hs?.errors ?? 0}` : ''}\n`);
       await stop(p);
       await new Promise((r) => setTimeout(r, 200));
     }
@@ -237,10 +255,11 @@ const ratio = (name: string, ref: string, f: (s: Sample) => number | undefined) 
   const per = a.map((s, i) => { const x = f(s), y = b[i] ? f(b[i]!) : undefined; return x !== undefined && y ? x / y : NaN; }).filter(Number.isFinite);
   return per.length ? median(per) : NaN;
 };
+const pctCell = (xs: number[]) => `${fmt(median(xs) * 100)}`;
 const rows = targets.map((t) => {
   const s = results.get(t.name)!;
   const rps = s.map((x) => x.ka.rps), hs = s.flatMap((x) => (x.hs ? [x.hs.rps] : []));
-  return `| ${t.label} | ${fmt(median(rps))} (${range(rps)}) | ${fmt(ratio(t.name, 'nginx', (x) => x.ka.rps), 2)} | ${fmt(ratio(t.name, 'node-floor', (x) => x.ka.rps), 2)} | ${fmt(median(s.map((x) => x.ka.cpuUs)))} | ${fmt(median(s.map((x) => x.ka.p50)), 2)} | ${fmt(median(s.map((x) => x.ka.p99)), 2)} | ${fmt(ratio(t.name, 'nginx', (x) => x.ka.p99), 2)} | ${hs.length ? `${fmt(median(hs))} (${range(hs)})` : '-'} | ${hs.length ? fmt(ratio(t.name, 'nginx', (x) => x.hs?.rps), 2) : '-'} | ${fmt(median(s.map((x) => x.rss)))} |`;
+  return `| ${t.label} | ${fmt(median(rps))} (${range(rps)}) | ${fmt(ratio(t.name, 'nginx', (x) => x.ka.rps), 2)} | ${fmt(ratio(t.name, 'node-floor', (x) => x.ka.rps), 2)} | ${fmt(median(s.map((x) => x.ka.cpuUs)))} | ${fmt(median(s.map((x) => x.ka.p50)), 2)} | ${fmt(median(s.map((x) => x.ka.p99)), 2)} | ${fmt(ratio(t.name, 'nginx', (x) => x.ka.p99), 2)} | ${hs.length ? `${fmt(median(hs))} (${range(hs)})` : '-'} | ${hs.length ? fmt(ratio(t.name, 'nginx', (x) => x.hs?.rps), 2) : '-'} | ${hs.length ? fmt(median(s.flatMap((x) => (x.hs ? [x.hs.cpuUs] : [])))) : '-'} | ${hs.length ? fmt(ratio('nginx', t.name, (x) => x.hs?.cpuUs), 2) : '-'} | ${pctCell(s.map((x) => x.ka.loadCpu))} / ${hs.length ? pctCell(s.flatMap((x) => (x.hs ? [x.hs.loadCpu] : []))) : '-'} | ${fmt(median(s.map((x) => x.rss)))} |`;
 });
 // Authentication cost: each Portcullis route against Portcullis mTLS-only, by req/s and by
 // CPU per request (mTLS-only CPU / route CPU: 1.0 = free), each per round, then the median.
@@ -258,10 +277,12 @@ const pairTable = pairRows.length ? `\nAuthentication cost in one Portcullis pro
 |---|---|---|---|---|
 ${pairRows.join('\n')}
 ` : '';
+const allHs = [...results.values()].flatMap((xs) => xs.flatMap((x) => (x.hs ? [x.hs] : [])));
+const handshakeTotal = allHs.reduce((a, r) => a + r.handshakes, 0), resumedTotal = allHs.reduce((a, r) => a + r.resumed, 0), tls13Total = allHs.reduce((a, r) => a + r.tls13, 0);
 const version = (cmd: string, args: string[]) => { const r = spawnSync(cmd, args, { encoding: 'utf8' }); return (r.stdout + r.stderr).split('\n').find((l) => l.trim())?.trim() ?? '?'; };
 const table = [
-  `| configuration | keep-alive req/s, median (min–max) | × nginx | × Node floor | proxy CPU µs/req | p50 ms | p99 ms | p99 × nginx | full handshakes/s, median (min–max) | × nginx | peak RSS MiB |`,
-  `|---|---|---|---|---|---|---|---|---|---|---|`,
+  `| configuration | keep-alive req/s, median (min–max) | × nginx | × Node floor | proxy CPU µs/req | p50 ms | p99 ms | p99 × nginx | full handshakes/s, median (min–max) | × nginx | proxy CPU µs/handshake | handshake capacity × nginx (its CPU ÷ this CPU) | wrk CPU %, keep-alive / handshakes | peak RSS MiB |`,
+  `|---|---|---|---|---|---|---|---|---|---|---|---|---|---|`,
   ...rows,
 ].join('\n');
 const report = `Run ${new Date().toISOString()} on ${cpus().length} × ${cpus()[0]?.model ?? '?'}; ${ROUNDS} rounds × ${SECONDS} s per figure, ${CONNS} connections, wrk on CPU ${LOAD_CPU}, proxy + upstream (nginx \`return 200\`) on CPU ${SERVER_CPU}.
@@ -271,6 +292,7 @@ Command: \`npm run bench -- --rounds ${ROUNDS} --seconds ${SECONDS} --connection
 ${table}
 ${authTable}${pairTable}
 Ratios are computed per round against the reference measured in the same round, then the median is taken.
+Full handshakes: every connection sends one request with \`Connection: close\` and negotiates a new session (the wrk shim drops the previous one and counts resumptions: ${resumedTotal} of ${handshakeTotal}; ${tls13Total} of them TLS 1.3). When wrk's CPU is near 100 %, the handshake rate is the load generator's limit as much as the server's; the proxy's CPU per handshake is then the fairer comparison.
 `;
 console.log(report);
 if (opt.out) {

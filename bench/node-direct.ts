@@ -1,0 +1,13 @@
+// The Node ceiling: a bare https server with requestCert that answers every request
+// itself (no upstream, no proxying, no authentication). No Node proxy can beat its rate,
+// latency tail or handshake rate; the benchmark measures it beside nginx so the targets
+// that Node's own TLS and HTTP server bound are visible in the same run.
+// Usage: node node-direct.ts PORT CERT KEY CA
+import https from 'node:https';
+import { readFileSync } from 'node:fs';
+
+const [port, cert, key, ca] = process.argv.slice(2);
+https.createServer({ cert: readFileSync(cert!), key: readFileSync(key!), ca: readFileSync(ca!), requestCert: true, rejectUnauthorized: true }, (_req, res) => {
+  res.writeHead(200, { 'content-type': 'text/plain', 'content-length': '3' });
+  res.end('ok\n');
+}).listen(Number(port), '127.0.0.1');

@@ -179,6 +179,7 @@ function wrk(t: Target, handshake: boolean, pid?: number, seconds = SECONDS): Pr
       const shim = /wrk-mtls-shim: (\d+) handshakes, (\d+) resumed, (\d+) TLSv1\.3/.exec(out);
       const [handshakes, resumed, tls13] = shim ? [Number(shim[1]), Number(shim[2]), Number(shim[3])] : [NaN, NaN, NaN];
       // A "full handshake" figure that includes resumptions would flatter the server.
+      if (handshake && !shim) return reject(new Error(`${t.name}: the wrk shim reported no handshake count (is wrk linked against libssl?); resumptions cannot be ruled out`));
       if (handshake && resumed !== 0) return reject(new Error(`${t.name}: ${resumed} of ${handshakes} handshakes resumed a session; the full-handshake figure would be wrong`));
       resolve({ rps, p50: pct('50'), p99: pct('99'), errors, cpuUs, loadCpu, handshakes, resumed, tls13 });
     });

@@ -4,6 +4,11 @@ import type { ChildProcess } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { createConnection } from 'node:net';
 
+/** The bare Node references' server options: the bench PKI's certificate, and a client certificate required. */
+export function mtlsServerOptions(cert: string, key: string, ca: string) {
+  return { cert: readFileSync(cert), key: readFileSync(key), ca: readFileSync(ca), requestCert: true, rejectUnauthorized: true };
+}
+
 export const PORTS = { upstream: 18080, proxy: 18443, admin: 19901, redis: 16379 } as const;
 
 /**

@@ -3,12 +3,12 @@
 // metrics. Portcullis uses the same client, so the gap to this is its own per-request work.
 // Usage: node http1-floor.ts PORT UPSTREAM_PORT CERT KEY CA
 import https from 'node:https';
-import { readFileSync } from 'node:fs';
+import { mtlsServerOptions } from './common.ts';
 import { Http1Pool } from '../src/pipeline/http1.ts';
 
 const [port, upstream, cert, key, ca] = process.argv.slice(2);
 const pool = new Http1Pool({ url: new URL(`http://127.0.0.1:${upstream}`), timeoutMs: 30_000, maxConnections: 512, keepAliveMs: 30_000 });
-https.createServer({ cert: readFileSync(cert!), key: readFileSync(key!), ca: readFileSync(ca!), requestCert: true, rejectUnauthorized: true }, (req, res) => {
+https.createServer(mtlsServerOptions(cert!, key!, ca!), (req, res) => {
   const raw = req.rawHeaders;
   const headers: string[] = [];
   for (let i = 0; i < raw.length; i += 2) {

@@ -4,10 +4,10 @@
 // that Node's own TLS and HTTP server bound are visible in the same run.
 // Usage: node node-direct.ts PORT CERT KEY CA
 import https from 'node:https';
-import { readFileSync } from 'node:fs';
+import { mtlsServerOptions } from './common.ts';
 
 const [port, cert, key, ca] = process.argv.slice(2);
-https.createServer({ cert: readFileSync(cert!), key: readFileSync(key!), ca: readFileSync(ca!), requestCert: true, rejectUnauthorized: true }, (_req, res) => {
+https.createServer(mtlsServerOptions(cert!, key!, ca!), (_req, res) => {
   res.writeHead(200, { 'content-type': 'text/plain', 'content-length': '3' });
   res.end('ok\n');
 }).listen(Number(port), '127.0.0.1');

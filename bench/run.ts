@@ -94,6 +94,8 @@ const AUTH = {
   sig: `  sig: { type: hmac, clients: [ { id: bench, secret: "${HMAC_SECRET}", subject: bench } ], message: [method, path, timestamp, body], requireNonce: false, maxSkewSec: 3600 }`,
 };
 const pc = (cfg: string) => () => startPinned(process.execPath, ['--max-semi-space-size=16', join(ROOT, 'bin/portcullis.js'), 'serve', '--config', cfg]);
+/** A bare Node reference server (bench/*.ts) on the proxy port, with the bench PKI; `upstream` passes the upstream's port. */
+const nodeReference = (file: string, upstream = true) => () => startPinned(process.execPath, [join(HERE, file), String(PORTS.proxy), ...(upstream ? [String(PORTS.upstream)] : []), join(W, 'server.crt'), join(W, 'server.key'), join(W, 'ca.crt')]);
 const TARGETS: Target[] = [
   { name: 'direct', label: 'direct to upstream (ceiling, plain HTTP)', scheme: 'http', mtls: false, start: () => startPinned('true', []) },
   { name: 'nginx', label: 'nginx mTLS proxy', scheme: 'https', mtls: true, start: () => startPinned('nginx', ['-c', nginxConf('nginx', `upstream up { server 127.0.0.1:${PORTS.upstream}; keepalive 64; }
@@ -101,10 +103,10 @@ server { listen 127.0.0.1:${PORTS.proxy} ssl; ssl_protocols TLSv1.2 TLSv1.3; ssl
   location / { proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection ""; proxy_set_header X-Client-DN $ssl_client_s_dn; } }`)]) },
   { name: 'haproxy', label: 'HAProxy mTLS (verify required)', scheme: 'https', mtls: true, start: () => startHaproxy(false) },
   { name: 'haproxy-jwt', label: 'HAProxy mTLS + jwt_verify RS256', scheme: 'https', mtls: true, headers: [`Authorization: Bearer ${JWT}`], start: () => startHaproxy(true) },
-  { name: 'node-direct', label: 'bare Node https answering itself, no upstream (Node ceiling)', scheme: 'https', mtls: true, start: () => startPinned(process.execPath, [join(HERE, 'node-direct.ts'), String(PORTS.proxy), join(W, 'server.crt'), join(W, 'server.key'), join(W, 'ca.crt')]) },
-  { name: 'node-floor', label: 'bare Node https + http-proxy-3, no auth', scheme: 'https', mtls: true, start: () => startPinned(process.execPath, [join(HERE, 'node-floor.ts'), String(PORTS.proxy), String(PORTS.upstream), join(W, 'server.crt'), join(W, 'server.key'), join(W, 'ca.crt')]) },
-  { name: 'undici-floor', label: 'bare Node https + undici Pool, no auth', scheme: 'https', mtls: true, start: () => startPinned(process.execPath, [join(HERE, 'undici-floor.ts'), String(PORTS.proxy), String(PORTS.upstream), join(W, 'server.crt'), join(W, 'server.key'), join(W, 'ca.crt')]) },
-  { name: 'http1-floor', label: "bare Node https + Portcullis' HTTP/1.1 client, no auth", scheme: 'https', mtls: true, start: () => startPinned(process.execPath, [join(HERE, 'http1-floor.ts'), String(PORTS.proxy), String(PORTS.upstream), join(W, 'server.crt'), join(W, 'server.key'), join(W, 'ca.crt')]) },
+  { name: 'node-direct', label: 'bare Node https answering itself, no upstream (Node ceiling)', scheme: 'https', mtls: true, start: nodeReference('node-direct.ts', false) },
+  { name: 'node-floor', label: 'bare Node https + http-proxy-3, no auth', scheme: 'https', mtls: true, start: nodeReference('node-floor.ts') },
+  { name: 'undici-floor', label: 'bare Node https + undici Pool, no auth', scheme: 'https', mtls: true, start: nodeReference('undici-floor.ts') },
+  { name: 'http1-floor', label: "bare Node https + Portcullis' HTTP/1.1 client, no auth", scheme: 'https', mtls: true, start: nodeReference('http1-floor.ts') },
   { name: 'pc-mtls', label: 'Portcullis mTLS', scheme: 'https', mtls: true, start: pc(pcConfig('pc-mtls', '', 'cert')) },
   { name: 'pc-jwt', label: 'Portcullis mTLS + RS256 JWT', scheme: 'https', mtls: true, headers: [`Authorization: Bearer ${JWT}`],
     start: pc(pcConfig('pc-jwt', AUTH.jwt, '{ all: [cert, jwt] }')) },
@@ -258,8 +260,8 @@ const ratio = (name: string, ref: string, f: (s: Sample) => number | undefined) 
 const pctCell = (xs: number[]) => `${fmt(median(xs) * 100)}`;
 const rows = targets.map((t) => {
   const s = results.get(t.name)!;
-  const rps = s.map((x) => x.ka.rps), hs = s.flatMap((x) => (x.hs ? [x.hs.rps] : []));
-  return `| ${t.label} | ${fmt(median(rps))} (${range(rps)}) | ${fmt(ratio(t.name, 'nginx', (x) => x.ka.rps), 2)} | ${fmt(ratio(t.name, 'node-floor', (x) => x.ka.rps), 2)} | ${fmt(median(s.map((x) => x.ka.cpuUs)))} | ${fmt(median(s.map((x) => x.ka.p50)), 2)} | ${fmt(median(s.map((x) => x.ka.p99)), 2)} | ${fmt(ratio(t.name, 'nginx', (x) => x.ka.p99), 2)} | ${hs.length ? `${fmt(median(hs))} (${range(hs)})` : '-'} | ${hs.length ? fmt(ratio(t.name, 'nginx', (x) => x.hs?.rps), 2) : '-'} | ${hs.length ? fmt(median(s.flatMap((x) => (x.hs ? [x.hs.cpuUs] : [])))) : '-'} | ${hs.length ? fmt(ratio('nginx', t.name, (x) => x.hs?.cpuUs), 2) : '-'} | ${pctCell(s.map((x) => x.ka.loadCpu))} / ${hs.length ? pctCell(s.flatMap((x) => (x.hs ? [x.hs.loadCpu] : []))) : '-'} | ${fmt(median(s.map((x) => x.rss)))} |`;
+  const rps = s.map((x) => x.ka.rps), hsRuns = s.flatMap((x) => (x.hs ? [x.hs] : [])), hs = hsRuns.map((r) => r.rps);
+  return `| ${t.label} | ${fmt(median(rps))} (${range(rps)}) | ${fmt(ratio(t.name, 'nginx', (x) => x.ka.rps), 2)} | ${fmt(ratio(t.name, 'node-floor', (x) => x.ka.rps), 2)} | ${fmt(median(s.map((x) => x.ka.cpuUs)))} | ${fmt(median(s.map((x) => x.ka.p50)), 2)} | ${fmt(median(s.map((x) => x.ka.p99)), 2)} | ${fmt(ratio(t.name, 'nginx', (x) => x.ka.p99), 2)} | ${hs.length ? `${fmt(median(hs))} (${range(hs)})` : '-'} | ${hs.length ? fmt(ratio(t.name, 'nginx', (x) => x.hs?.rps), 2) : '-'} | ${hs.length ? fmt(median(hsRuns.map((r) => r.cpuUs))) : '-'} | ${hs.length ? fmt(ratio('nginx', t.name, (x) => x.hs?.cpuUs), 2) : '-'} | ${pctCell(s.map((x) => x.ka.loadCpu))} / ${hs.length ? pctCell(hsRuns.map((r) => r.loadCpu)) : '-'} | ${fmt(median(s.map((x) => x.rss)))} |`;
 });
 // Authentication cost: each Portcullis route against Portcullis mTLS-only, by req/s and by
 // CPU per request (mTLS-only CPU / route CPU: 1.0 = free), each per round, then the median.

@@ -3,12 +3,12 @@
 // client, so the gap to this is Portcullis' own per-request work.
 // Usage: node undici-floor.ts PORT UPSTREAM_PORT CERT KEY CA
 import https from 'node:https';
-import { readFileSync } from 'node:fs';
+import { mtlsServerOptions } from './common.ts';
 import { Pool, type Dispatcher } from 'undici';
 
 const [port, upstream, cert, key, ca] = process.argv.slice(2);
 const pool = new Pool(`http://127.0.0.1:${upstream}`, { connections: 512 });
-https.createServer({ cert: readFileSync(cert!), key: readFileSync(key!), ca: readFileSync(ca!), requestCert: true, rejectUnauthorized: true }, (req, res) => {
+https.createServer(mtlsServerOptions(cert!, key!, ca!), (req, res) => {
   const headers: Record<string, string | string[]> = {};
   for (const k in req.headers) if (k !== 'connection' && k !== 'keep-alive' && k !== 'transfer-encoding') headers[k] = req.headers[k]!;
   pool.stream({ path: req.url!, method: req.method as Dispatcher.HttpMethod, headers, body: null }, ({ statusCode, headers: h }) => {

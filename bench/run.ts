@@ -257,7 +257,7 @@ const ratio = (name: string, ref: string, f: (s: Sample) => number | undefined) 
   const per = a.map((s, i) => { const x = f(s), y = b[i] ? f(b[i]!) : undefined; return x !== undefined && y ? x / y : NaN; }).filter(Number.isFinite);
   return per.length ? median(per) : NaN;
 };
-const pctCell = (xs: number[]) => `${fmt(median(xs) * 100)}`;
+const pctCell = (xs: number[]) => fmt(median(xs) * 100);
 const rows = targets.map((t) => {
   const s = results.get(t.name)!;
   const rps = s.map((x) => x.ka.rps), hsRuns = s.flatMap((x) => (x.hs ? [x.hs] : [])), hs = hsRuns.map((r) => r.rps);

@@ -57,8 +57,12 @@ static unsigned long handshakes, resumed, tls13;
 
 int SSL_connect(SSL *ssl) {
   static int (*real)(SSL *) = 0;
-  if (!real) real = (int (*)(SSL *))dlsym(RTLD_NEXT, "SSL_connect");
-  if (getenv("WRK_NO_RESUME") && SSL_in_before(ssl)) SSL_set_session(ssl, NULL);
+  static int no_resume;
+  if (!real) {
+    real = (int (*)(SSL *))dlsym(RTLD_NEXT, "SSL_connect");
+    no_resume = getenv("WRK_NO_RESUME") != 0;
+  }
+  if (no_resume && SSL_in_before(ssl)) SSL_set_session(ssl, NULL);
   int r = real(ssl);
   if (r == 1) {
     handshakes++;

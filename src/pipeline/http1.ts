@@ -49,6 +49,12 @@ const CHUNK_SIZE = /^([0-9A-Fa-f]{1,8})(?:[\t ]*;[\t\x20-\x7e\x80-\xff]*)?$/;
 const STATUS_LINE = /^HTTP\/1\.([01]) ([1-9]\d\d)(?: [\t\x20-\x7e\x80-\xff]*)?$/;
 const IDEMPOTENT = new Set(['GET', 'HEAD', 'OPTIONS', 'PUT', 'DELETE', 'TRACE']);
 const EXPECTS_BODY = new Set(['POST', 'PUT', 'PATCH']);
+/**
+ * Plain-TCP upstream connections read into this one buffer (net's `onread`): no buffer,
+ * stream push or 'data' event per read. It is reused by the next read on any connection,
+ * so whatever outlives the read (a partial head, a body chunk) is copied out of it.
+ */
+const READ_BUFFER = Buffer.allocUnsafe(64 * 1024);
 
 /** One request as it goes upstream. */
 export class Exchange {
@@ -115,6 +121,8 @@ class Conn {
   requestDone = true;
   headOnly = false;
   pending: Buffer | null = null;
+  /** Reads land in READ_BUFFER (plain TCP): copy what is kept past the read. */
+  readonly sharedReads: boolean;
   /** The body stream being sent, and its listeners (bound once per connection). */
   streaming: Readable | null = null;
   readonly onBodyData = (c: Buffer): void => this.sendBodyChunk(c);
@@ -125,12 +133,15 @@ class Conn {
     this.pool = pool;
     const host = o.url.hostname.replace(/^\[(.*)\]$/, '$1');
     const port = Number(o.url.port) || (o.url.protocol === 'https:' ? 443 : 80);
-    this.socket = o.url.protocol === 'https:'
-      ? tls.connect({ host, port, ca: o.ca, servername: net.isIP(host) ? undefined : host, ALPNProtocols: ['http/1.1'] })
-      : net.connect({ host, port });
+    this.sharedReads = o.url.protocol !== 'https:';
+    if (this.sharedReads) {
+      this.socket = net.connect({ host, port, onread: { buffer: READ_BUFFER, callback: (n: number, b: Uint8Array) => { this.onData((b as Buffer).subarray(0, n)); return true; } } });
+    } else {
+      this.socket = tls.connect({ host, port, ca: o.ca, servername: net.isIP(host) ? undefined : host, ALPNProtocols: ['http/1.1'] });
+      this.socket.on('data', (d: Buffer) => this.onData(d));
+    }
     this.socket.setNoDelay(true);
     this.socket.setTimeout(o.timeoutMs);
-    this.socket.on('data', (d: Buffer) => this.onData(d));
     this.socket.on('end', () => this.onEnd());
     this.socket.on('close', () => this.onClose());
     this.socket.on('error', (e: NodeJS.ErrnoException) => this.fail(e.code ?? e.message, false));
@@ -210,7 +221,7 @@ class Conn {
           const end = d.indexOf(CRLFCRLF, i);
           if (end === -1) {
             if (d.length - i > MAX_HEAD_BYTES) return this.fail('UPSTREAM_HEAD_TOO_LARGE', false);
-            this.pending = d.subarray(i);
+            this.pending = this.keep(d.subarray(i));
             return;
           }
           if (end - i > MAX_HEAD_BYTES) return this.fail('UPSTREAM_HEAD_TOO_LARGE', false);
@@ -232,7 +243,7 @@ class Conn {
           const eol = d.indexOf(10, i);
           if (eol === -1) {
             if (d.length - i > MAX_CHUNK_LINE) return this.fail('UPSTREAM_BAD_CHUNK', false);
-            this.pending = d.subarray(i);
+            this.pending = this.keep(d.subarray(i));
             return;
           }
           if (eol === i || d[eol - 1] !== 13 || eol - i > MAX_CHUNK_LINE) return this.fail('UPSTREAM_BAD_CHUNK', false);
@@ -286,7 +297,12 @@ class Conn {
   }
 
   deliver(chunk: Buffer): void {
-    if (chunk.length && !this.ex!.handler.onData(chunk)) { this.paused = true; this.socket.pause(); }
+    if (chunk.length && !this.ex!.handler.onData(this.keep(chunk))) { this.paused = true; this.socket.pause(); }
+  }
+
+  /** `b` as a buffer that outlives this read. */
+  keep(b: Buffer): Buffer {
+    return this.sharedReads ? Buffer.from(b) : b;
   }
 
   /** One response head (a 1xx is consumed and the final one awaited); false when the exchange ended in an error. */

@@ -3,6 +3,7 @@
 import t from 'tap';
 import tls from 'node:tls';
 import https from 'node:https';
+import { createHash, randomBytes } from 'node:crypto';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { createServer, type Socket } from 'node:net';
@@ -74,6 +75,62 @@ t.test('bodies are streamed byte-for-byte', async (t) => {
   t.equal(r.json.bodyBytes, Buffer.byteLength(body.toString('latin1'), 'utf8'), 'upstream got every byte');
   t.equal(h.seen.at(-1)!.headers.host, 'a.test', 'the Host the client sent is kept');
   t.equal(h.seen.at(-1)!.headers['content-type'], 'application/octet-stream');
+});
+
+t.test('large responses to a client that stops reading and one that does not: the upstream is held back, and every byte arrives in order', async (t) => {
+  // 64 MiB per response, chunked, in 16 KiB pieces (several to a read), each numbered and
+  // different per response, so a piece relayed twice, late, overwritten or to the wrong
+  // client changes the digest. More than every socket buffer on the way holds. One client
+  // stops reading for 1.5 s while the other downloads in full through the same proxy.
+  const piece = 16 * 1024, pieces = 4096, size = piece * pieces;
+  const noise = randomBytes(1024 * 1024 + 2);
+  const pieceAt = (which: number, k: number) => {
+    const at = (k * piece + which) % (noise.length - piece);
+    const b = Buffer.from(noise.subarray(at, at + piece));
+    b.writeUInt32BE(k, 0);
+    b[4] = which;
+    return b;
+  };
+  const digest = (which: number) => { const d = createHash('sha256'); for (let k = 0; k < pieces; k++) d.update(pieceAt(which, k)); return d.digest('hex'); };
+  const written = [0, 0];
+  const h = await startHarness(fx, baseConfig(policies), {
+    upstreamHandler: (req, res) => {
+      const which = req.url === '/big/1' ? 1 : 0;
+      res.writeHead(200, { 'content-type': 'application/octet-stream' });
+      const more = () => {
+        while (written[which]! < size) {
+          const b = pieceAt(which, written[which]! / piece);
+          written[which]! += piece;
+          if (!res.write(b)) { res.once('drain', more); return; }
+        }
+        res.end();
+      };
+      more();
+    },
+  });
+  t.teardown(() => h.close());
+  let writtenWhilePaused = -1;
+  const download = (which: number, pauseMs: number) => new Promise<{ status: number; bytes: number; digest: string }>((resolve, reject) => {
+    const got = createHash('sha256');
+    let bytes = 0;
+    https.get({ host: '127.0.0.1', port: h.port, path: `/big/${which}`, servername: 'a.test', ca: fx.ca.certPem, agent: false, headers: { host: 'a.test' } }, (res) => {
+      if (pauseMs) {
+        res.once('data', () => {
+          res.pause();
+          setTimeout(() => { writtenWhilePaused = written[which]!; res.resume(); }, pauseMs);
+        });
+      }
+      res.on('data', (c: Buffer) => { got.update(c); bytes += c.length; });
+      res.on('end', () => resolve({ status: res.statusCode!, bytes, digest: got.digest('hex') }));
+      res.on('error', reject);
+    }).on('error', reject);
+  });
+  const [paused, steady] = await Promise.all([download(0, 1500), download(1, 0)]);
+  t.ok(writtenWhilePaused > 0 && writtenWhilePaused < size, `while its client read nothing for 1.5 s the upstream was held back (${(writtenWhilePaused / 2 ** 20).toFixed(0)} of 64 MiB written)`);
+  t.same([paused.status, paused.bytes], [200, size], 'the paused client got every byte');
+  t.equal(paused.digest, digest(0), 'in order and unaltered');
+  t.same([steady.status, steady.bytes], [200, size], 'the other client got every byte');
+  t.equal(steady.digest, digest(1), 'in order and unaltered');
 });
 
 function wsUpgrade(port: number, path: string, c?: { cert: string; key: string }): Promise<{ head: string; echo?: string }> {

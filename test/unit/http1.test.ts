@@ -183,6 +183,58 @@ t.test('bytes after a complete response are never read as the next response', as
   t.equal((await get(q)).body.toString(), '2', 'unsolicited bytes on an idle connection end it');
 });
 
+
+t.test('what outlives a read stays intact while other connections read: partial heads, chunk-size lines and kept body chunks', async (t) => {
+  // Two responses written piece by piece, the two connections' pieces alternating, so each
+  // read on one connection is followed by a read on the other. The head and a chunk-size
+  // line are split mid-way. The handler keeps every body chunk it is given, uncopied, as a
+  // slow client's socket queue does, and looks at them only once both responses are done.
+  const bodyA = Buffer.from(Array.from({ length: 40 }, (_, k) => `a${k}-`.padEnd(50, String.fromCharCode(97 + (k % 26)))).join(''));
+  const bodyB = Buffer.from(Array.from({ length: 40 }, (_, k) => `B${k}-`.padEnd(50, String.fromCharCode(65 + (k % 26)))).join(''));
+  const responseA = Buffer.concat([Buffer.from(`HTTP/1.1 200 OK\r\nX-Which: first\r\nContent-Length: ${bodyA.length}\r\n\r\n`), bodyA]);
+  const responseB = Buffer.concat([Buffer.from('HTTP/1.1 200 OK\r\nX-Which: second\r\nTransfer-Encoding: chunked\r\n\r\n'),
+    ...Array.from({ length: 8 }, (_, k) => Buffer.concat([Buffer.from(`${(250).toString(16)}\r\n`), bodyB.subarray(k * 250, k * 250 + 250), Buffer.from('\r\n')])),
+    Buffer.from('0\r\n\r\n')]);
+  const pieces = (b: Buffer) => { const out: Buffer[] = [b.subarray(0, 20)]; for (let i = 20; i < b.length; i += 37) out.push(b.subarray(i, i + 37)); return out; };
+  const waiting: Socket[] = [];
+  const up = await raw(t, (s) => {
+    waiting.push(s);
+    if (waiting.length < 2) return;
+    const [sa, sb] = waiting as [Socket, Socket];
+    const pa = pieces(responseA), pb = pieces(responseB);
+    let k = 0;
+    const next = () => {
+      if (k >= pa.length && k >= pb.length) return;
+      if (k < pa.length) sa.write(pa[k]!);
+      setTimeout(() => { if (k < pb.length) sb.write(pb[k]!); k++; setTimeout(next, 1); }, 1);
+    };
+    next();
+  });
+  const p = pool(t, up.port);
+  const keeper = () => {
+    const kept: Buffer[] = [];
+    let resolve!: (g: Got) => void;
+    const done = new Promise<Got>((r) => { resolve = r; });
+    const got: Got = { body: Buffer.alloc(0) };
+    const h: ExchangeHandler = {
+      onHead(status, headers) { got.status = status; got.headers = headers; },
+      onData(chunk) { kept.push(chunk); return true; },
+      onComplete() { resolve(got); },
+      onError(code) { got.error = code; resolve(got); },
+    };
+    return { h, done, kept };
+  };
+  const a = keeper(), b = keeper();
+  p.request('GET', '/a', H, null, undefined, a.h);
+  p.request('GET', '/b', H, null, undefined, b.h);
+  const [ga, gb] = await Promise.all([a.done, b.done]);
+  t.equal(up.conns(), 2, 'two connections, read in turn');
+  t.same([ga.error, ga.status, hdr(ga, 'x-which')], [undefined, 200, 'first'], 'the first head, split after 20 bytes, parsed whole');
+  t.same([gb.error, gb.status, hdr(gb, 'x-which')], [undefined, 200, 'second'], 'the second head too');
+  t.ok(a.kept.length > 10 && b.kept.length > 10, 'each body came in many reads');
+  t.ok(Buffer.concat(a.kept).equals(bodyA), 'every kept chunk of the Content-Length body still holds its bytes');
+  t.ok(Buffer.concat(b.kept).equals(bodyB), 'every kept chunk of the chunked body still holds its bytes');
+});
 t.test('keep-alive: one connection reused; Connection: close, HTTP/1.0 and a short Keep-Alive hint are honoured', async (t) => {
   const up = await raw(t, (s, req) => {
     if (req.includes('/close')) s.write('HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 1\r\n\r\nc');

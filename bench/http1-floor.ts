@@ -24,7 +24,7 @@ https.createServer(mtlsServerOptions(cert!, key!, ca!), (req, res) => {
       res.writeHead(status, out);
     },
     onData: (c) => res.write(c) || (res.once('drain', () => pool.resume(ex)), false),
-    onComplete: () => res.end(),
+    onComplete: (last) => (last ? res.end(last) : res.end()),
     onError: () => { if (!res.headersSent) { res.writeHead(502); res.end(); } else res.destroy(); },
   });
 }).listen(Number(port), '127.0.0.1');

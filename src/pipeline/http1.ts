@@ -21,7 +21,11 @@ export interface ExchangeHandler {
   onHead(status: number, headers: string[]): void;
   /** A piece of the body; return false to stop reading until `resume` is called. */
   onData(chunk: Buffer): boolean;
-  onComplete(): void;
+  /**
+   * The response is whole. `last`: the body's final piece, when it arrived in the same read
+   * as the response's end (most small responses): the relay can write it and end at once.
+   */
+  onComplete(last?: Buffer): void;
   /** `code`: a Node error code or one of this module's (`UPSTREAM_*`); `timeout`: no answer in time. */
   onError(code: string, timeout: boolean): void;
 }
@@ -121,6 +125,11 @@ class Conn {
   requestDone = true;
   headOnly = false;
   pending: Buffer | null = null;
+  /**
+   * The latest body piece of this read, not yet handed over: if the response ends in the
+   * same read it goes with onComplete, else to onData when the read has been parsed.
+   */
+  held: Buffer | null = null;
   /** Reads land in READ_BUFFER (plain TCP): copy what is kept past the read. */
   readonly sharedReads: boolean;
   /** The body stream being sent, and its listeners (bound once per connection). */
@@ -157,6 +166,7 @@ class Conn {
     this.paused = false;
     this.sawResponseByte = false;
     this.pending = null;
+    this.held = null;
     this.headOnly = ex.method === 'HEAD';
     const s = this.socket;
     const body = ex.body;
@@ -212,6 +222,16 @@ class Conn {
   onData(d: Buffer): void {
     const ex = this.ex;
     if (!ex) { this.socket.destroy(); return; } // unsolicited bytes: this connection is no longer in step
+    this.parse(d, ex);
+    const held = this.held;
+    if (held !== null) {
+      // The response goes on in a later read: hand over what this one brought.
+      this.held = null;
+      if (this.ex === ex) this.hand(held);
+    }
+  }
+
+  parse(d: Buffer, ex: Exchange): void {
     this.sawResponseByte = true;
     if (this.pending) { d = Buffer.concat([this.pending, d]); this.pending = null; }
     let i = 0;
@@ -297,7 +317,14 @@ class Conn {
   }
 
   deliver(chunk: Buffer): void {
-    if (chunk.length && !this.ex!.handler.onData(this.keep(chunk))) { this.paused = true; this.socket.pause(); }
+    if (!chunk.length) return;
+    if (this.held !== null) this.hand(this.held);
+    this.held = this.keep(chunk);
+  }
+
+  hand(chunk: Buffer): void {
+    this.held = null;
+    if (!this.ex!.handler.onData(chunk)) { this.paused = true; this.socket.pause(); }
   }
 
   /** `b` as a buffer that outlives this read. */
@@ -382,10 +409,12 @@ class Conn {
   /** The response is whole: the exchange ends, and the connection goes back to the pool if it can. */
   complete(): void {
     const ex = this.ex!;
+    const last = this.held ?? undefined;
+    this.held = null;
     ex.conn = null;
     this.ex = null;
     this.phase = Phase.Idle;
-    ex.handler.onComplete();
+    ex.handler.onComplete(last);
     // A request body still being sent (the upstream answered early) would be read as the
     // next request; bytes after the response, or a Connection: close, end the connection too.
     if (!this.requestDone || !this.keepAlive) {
@@ -420,6 +449,8 @@ class Conn {
   /** End the current exchange with an error; the connection is never reused. */
   fail(code: string, timeout: boolean): void {
     const ex = this.ex;
+    const held = this.held;
+    this.held = null;
     this.ex = null;
     this.phase = Phase.Idle;
     this.detachBody();
@@ -427,6 +458,8 @@ class Conn {
     if (!ex) return;
     ex.conn = null;
     if (ex.cancelled) return;
+    // What arrived before the fault still reaches the client, as it would have unheld.
+    if (held !== null) ex.handler.onData(held);
     // A reused connection the upstream had already closed: send an idempotent request again, once.
     if (!this.sawResponseByte && !timeout && this.uses > 1 && !ex.retried && IDEMPOTENT.has(ex.method) && !(ex.body !== null && !Buffer.isBuffer(ex.body))) {
       ex.retried = true;
@@ -440,6 +473,7 @@ class Conn {
   cancel(ex: Exchange): void {
     if (this.ex !== ex) return;
     this.ex = null;
+    this.held = null;
     ex.conn = null;
     this.detachBody();
     this.socket.destroy();

@@ -11,7 +11,7 @@ import { issue } from '../../src/tls/pki.ts';
 
 type T = { teardown(fn: () => unknown): void };
 
-interface Got { status?: number; headers?: string[]; body: Buffer; error?: string; timeout?: boolean }
+interface Got { status?: number; headers?: string[]; body: Buffer; error?: string; timeout?: boolean; pieces: number; last?: number }
 
 /**
  * A handler that collects one response; `slow` makes it refuse data (backpressure) until
@@ -19,13 +19,14 @@ interface Got { status?: number; headers?: string[]; body: Buffer; error?: strin
  * queue holds them), instead of `body`.
  */
 function collect(o: { slowFor?: number; pool?: () => Http1Pool; ex?: () => unknown; keep?: Buffer[] } = {}): { h: ExchangeHandler; done: Promise<Got> } {
-  const got: Got = { body: Buffer.alloc(0) };
+  const got: Got = { body: Buffer.alloc(0), pieces: 0 };
   let resolve!: (g: Got) => void;
   const done = new Promise<Got>((r) => { resolve = r; });
   let paused = false;
   const h: ExchangeHandler = {
     onHead(status, headers) { got.status = status; got.headers = headers; },
     onData(chunk) {
+      got.pieces++;
       if (o.keep) { o.keep.push(chunk); return true; }
       got.body = Buffer.concat([got.body, chunk]);
       if (o.slowFor && !paused) {
@@ -35,7 +36,14 @@ function collect(o: { slowFor?: number; pool?: () => Http1Pool; ex?: () => unkno
       }
       return true;
     },
-    onComplete() { resolve(got); },
+    onComplete(last) {
+      if (last) {
+        got.last = last.length;
+        if (o.keep) o.keep.push(last);
+        else got.body = Buffer.concat([got.body, last]);
+      }
+      resolve(got);
+    },
     onError(code, timeout) { got.error = code; got.timeout = timeout; resolve(got); },
   };
   return { h, done };
@@ -110,6 +118,9 @@ t.test('Content-Length, chunked (extensions, trailers) and close-delimited bodie
       t.equal(g.error, undefined, `${path} ${split ? 'byte by byte' : 'in one write'}: no error`);
       t.equal(g.status, 200);
       t.equal(g.body.toString(), path === '/close' ? 'until the end' : 'hello world', `${path} ${split ? 'byte by byte' : 'in one write'}: body`);
+      // In one read, the body's final piece comes with the end (the relay then writes and
+      // ends in one call); a close-delimited body ends later, with nothing held back.
+      if (!split) t.same([g.pieces, g.last], { '/length': [0, 11], '/chunked': [1, 6], '/close': [1, undefined] }[path], `${path}: pieces before the end, and the final one with it`);
     }
     t.equal(hdr(await get(p, '/length'), 'x-up'), 'yes', 'headers as sent');
   }

@@ -1,0 +1,109 @@
+// Node idioms on the response and request-body paths, compared inside one process: a
+// bare https server (the Node ceiling's, client certificate required) alternates two
+// ways of doing one thing every second under wrk's load, and reports the CPU per request
+// of each, paired slice by slice. Both sides share the process, its JIT and heap, and the
+// same seconds of a noisy machine, so differences of a few per cent show (bench/RESULTS.md,
+// ninth round). Needs the PKI and wrk shim `npm run bench` leaves in bench/.work.
+//   npm run bench:idioms -- --idiom end|close|body [--seconds 40]
+//   end:   res.write(last) + res.end()            against res.end(last)
+//   close: res.once('close', closure)             against res.on('close', shared function)
+//   body:  a 1 KiB body read into a Promise chain against the same listeners with a callback
+import https from 'node:https';
+import { spawn } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { join, dirname } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { parseArgs } from 'node:util';
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import { PORTS, median, mtlsServerOptions, waitPort } from './common.ts';
+
+const HERE = dirname(fileURLToPath(import.meta.url));
+const W = join(HERE, '.work');
+const IDIOMS = ['end', 'close', 'body'] as const;
+type Idiom = (typeof IDIOMS)[number];
+const { values: opt } = parseArgs({ options: { idiom: { type: 'string', default: 'end' }, seconds: { type: 'string', default: '40' }, serve: { type: 'boolean', default: false } } });
+const idiom = opt.idiom as Idiom;
+if (!IDIOMS.includes(idiom)) throw new Error(`--idiom must be one of ${IDIOMS.join(', ')}`);
+
+type Handler = (req: IncomingMessage, res: ServerResponse) => void;
+const kEx = Symbol('exchange');
+interface Ex { closed(): void }
+function onClose(this: ServerResponse & { [kEx]?: Ex }): void { this[kEx]!.closed(); }
+let closedCount = 0;
+
+function readBody(req: IncomingMessage, done: (b: Buffer | 'aborted') => void): void {
+  const chunks: Buffer[] = [];
+  let size = 0;
+  const finish = (v: Buffer | 'aborted') => { req.off('data', onData); req.off('end', onEnd); req.off('error', onErr); done(v); };
+  const onData = (c: Buffer) => { size += c.length; chunks.push(c); };
+  const onEnd = () => finish(chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks, size));
+  const onErr = () => finish('aborted');
+  req.on('data', onData);
+  req.once('end', onEnd);
+  req.once('error', onErr);
+}
+const answer = (res: ServerResponse) => { res.writeHead(200, ['content-type', 'text/plain', 'content-length', '3']); res.end('ok\n'); };
+
+/** [mode 0, mode 1] for each idiom. */
+const MODES: Record<Idiom, [Handler, Handler]> = {
+  end: [
+    (_req, res) => { res.writeHead(200, ['content-type', 'text/plain', 'content-length', '3']); res.write(Buffer.from('ok\n')); res.end(); },
+    (_req, res) => { res.writeHead(200, ['content-type', 'text/plain', 'content-length', '3']); res.end(Buffer.from('ok\n')); },
+  ],
+  close: [
+    (_req, res) => { const ex: Ex = { closed: () => { closedCount++; } }; res.once('close', () => ex.closed()); answer(res); },
+    (_req, res) => { (res as ServerResponse & { [kEx]?: Ex })[kEx] = { closed: () => { closedCount++; } }; res.on('close', onClose); answer(res); },
+  ],
+  body: [
+    (req, res) => {
+      const p = new Promise<Buffer | 'aborted'>((resolve) => readBody(req, resolve)).then((b) => (b === 'aborted' ? undefined : b.length));
+      p.then((n) => { if (n !== undefined) answer(res); }).catch(() => res.destroy());
+    },
+    (req, res) => readBody(req, (b) => { try { if (b !== 'aborted') answer(res); } catch { res.destroy(); } }),
+  ],
+};
+
+if (opt.serve) {
+  // The server: modes alternate every second; CPU per request per slice from process.cpuUsage().
+  let mode = 0, n = 0, last = process.cpuUsage(), warm = false;
+  const slices: [number[], number[]] = [[], []];
+  const modes = MODES[idiom];
+  https.createServer(mtlsServerOptions(join(W, 'server.crt'), join(W, 'server.key'), join(W, 'ca.crt')), (req, res) => { n++; modes[mode]!(req, res); })
+    .listen(PORTS.proxy, '127.0.0.1');
+  setInterval(() => {
+    const u = process.cpuUsage(last);
+    last = process.cpuUsage();
+    if (warm && n > 0) slices[mode]!.push((u.user + u.system) / n);
+    if (n > 1000) warm = true; // the first busy slice warms the JIT and is not counted
+    n = 0;
+    mode ^= 1;
+  }, 1000);
+  process.on('SIGTERM', () => {
+    const pairs = Math.min(slices[0].length, slices[1].length);
+    const ratios = Array.from({ length: pairs }, (_, i) => slices[1][i]! / slices[0][i]!);
+    process.stdout.write(JSON.stringify({ mode0: median(slices[0]), mode1: median(slices[1]), ratio: median(ratios), min: Math.min(...ratios), max: Math.max(...ratios), pairs, closedCount }));
+    process.exit(0);
+  });
+} else {
+  for (const f of ['server.crt', 'client.crt', 'wrk-mtls-shim.so']) {
+    if (!existsSync(join(W, f))) throw new Error(`bench/.work/${f} is missing: run \`npm run bench\` once first`);
+  }
+  const server = spawn('taskset', ['-c', '1', process.execPath, fileURLToPath(import.meta.url), '--serve', '--idiom', idiom], { stdio: ['ignore', 'pipe', 'inherit'] });
+  let out = '';
+  server.stdout!.on('data', (d) => { out += String(d); });
+  await waitPort(PORTS.proxy);
+  const body = idiom === 'body' ? ['-s', join(W, 'hmac.lua')] : [];
+  const wrk = spawn('taskset', ['-c', '0', 'wrk', '-t1', '-c50', `-d${opt.seconds}s`, ...body, `https://127.0.0.1:${PORTS.proxy}/`], {
+    stdio: ['ignore', 'pipe', 'inherit'],
+    env: { ...process.env, LD_PRELOAD: join(W, 'wrk-mtls-shim.so'), WRK_CLIENT_CERT: join(W, 'client.crt'), WRK_CLIENT_KEY: join(W, 'client.key') },
+  });
+  let wrkOut = '';
+  wrk.stdout!.on('data', (d) => { wrkOut += String(d); });
+  await new Promise((r) => wrk.once('exit', r));
+  const exited = new Promise((r) => server.once('exit', r));
+  server.kill('SIGTERM');
+  await exited;
+  const r = JSON.parse(out) as { mode0: number; mode1: number; ratio: number; min: number; max: number; pairs: number };
+  const rps = /Requests\/sec:\s+([\d.]+)/.exec(wrkOut)?.[1];
+  process.stdout.write(`${idiom}: mode 0 ${r.mode0.toFixed(2)} µs/req, mode 1 ${r.mode1.toFixed(2)} µs/req; mode 1 ÷ mode 0, median of ${r.pairs} paired 1-s slices: ${r.ratio.toFixed(3)} (${r.min.toFixed(2)}–${r.max.toFixed(2)}); ${rps} req/s overall\n`);
+}

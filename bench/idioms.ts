@@ -4,10 +4,14 @@
 // of each, paired slice by slice. Both sides share the process, its JIT and heap, and the
 // same seconds of a noisy machine, so differences of a few per cent show (bench/RESULTS.md,
 // ninth round). Needs the PKI and wrk shim `npm run bench` leaves in bench/.work.
-//   npm run bench:idioms -- --idiom end|close|body [--seconds 40]
+//   npm run bench:idioms -- --idiom end|close|body|proxy [--seconds 40] [--handshake]
 //   end:   res.write(last) + res.end()            against res.end(last)
 //   close: res.once('close', closure)             against res.on('close', shared function)
 //   body:  a 1 KiB body read into a Promise chain against the same listeners with a callback
+//   proxy: answering itself (the Node ceiling)    against forwarding to the bench's nginx
+//          upstream on Portcullis' HTTP/1.1 client (the bare proxy of http1-floor.ts)
+//   --handshake: every request on a new connection with a full TLS 1.3 handshake (wrk sends
+//          `Connection: close`, the shim drops each session), so the figures are per handshake.
 import https from 'node:https';
 import { spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
@@ -15,13 +19,14 @@ import { join, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import type { IncomingMessage, ServerResponse } from 'node:http';
-import { PORTS, median, mtlsServerOptions, waitPort } from './common.ts';
+import { PORTS, median, mtlsServerOptions, stop, waitPort } from './common.ts';
+import { bareForwarder } from './bare-forward.ts';
 
 const HERE = dirname(fileURLToPath(import.meta.url));
 const W = join(HERE, '.work');
-const IDIOMS = ['end', 'close', 'body'] as const;
+const IDIOMS = ['end', 'close', 'body', 'proxy'] as const;
 type Idiom = (typeof IDIOMS)[number];
-const { values: opt } = parseArgs({ options: { idiom: { type: 'string', default: 'end' }, seconds: { type: 'string', default: '40' }, serve: { type: 'boolean', default: false } } });
+const { values: opt } = parseArgs({ options: { idiom: { type: 'string', default: 'end' }, seconds: { type: 'string', default: '40' }, serve: { type: 'boolean', default: false }, handshake: { type: 'boolean', default: false } } });
 const idiom = opt.idiom as Idiom;
 if (!IDIOMS.includes(idiom)) throw new Error(`--idiom must be one of ${IDIOMS.join(', ')}`);
 
@@ -42,6 +47,9 @@ function readBody(req: IncomingMessage, done: (b: Buffer | 'aborted') => void): 
   req.once('end', onEnd);
   req.once('error', onErr);
 }
+/** The bare proxy of http1-floor.ts, made on first use (the other idioms need no upstream). */
+let forwarder: ((req: IncomingMessage, res: ServerResponse) => void) | undefined;
+const forward: Handler = (req, res) => (forwarder ??= bareForwarder(PORTS.upstream))(req, res);
 const answer = (res: ServerResponse) => { res.writeHead(200, ['content-type', 'text/plain', 'content-length', '3']); res.end('ok\n'); };
 
 /** [mode 0, mode 1] for each idiom. */
@@ -61,6 +69,7 @@ const MODES: Record<Idiom, [Handler, Handler]> = {
     },
     (req, res) => readBody(req, (b) => { try { if (b !== 'aborted') answer(res); } catch { res.destroy(); } }),
   ],
+  proxy: [(_req, res) => answer(res), forward],
 };
 
 if (opt.serve) {
@@ -74,7 +83,7 @@ if (opt.serve) {
     const u = process.cpuUsage(last);
     last = process.cpuUsage();
     if (warm && n > 0) slices[mode]!.push((u.user + u.system) / n);
-    if (n > 1000) warm = true; // the first busy slice warms the JIT and is not counted
+    if (n > (opt.handshake ? 100 : 1000)) warm = true; // the first busy slice warms the JIT and is not counted
     n = 0;
     mode ^= 1;
   }, 1000);
@@ -88,22 +97,34 @@ if (opt.serve) {
   for (const f of ['server.crt', 'client.crt', 'wrk-mtls-shim.so']) {
     if (!existsSync(join(W, f))) throw new Error(`bench/.work/${f} is missing: run \`npm run bench\` once first`);
   }
-  const server = spawn('taskset', ['-c', '1', process.execPath, fileURLToPath(import.meta.url), '--serve', '--idiom', idiom], { stdio: ['ignore', 'pipe', 'inherit'] });
+  // The proxy idiom forwards to the benchmark's upstream (nginx `return 200`), on the server's core as in `npm run bench`.
+  const upstream = idiom === 'proxy' ? spawn('taskset', ['-c', '1', 'nginx', '-c', join(W, 'upstream.nginx.conf')], { stdio: 'ignore' }) : undefined;
+  if (upstream) await waitPort(PORTS.upstream);
+  const server = spawn('taskset', ['-c', '1', process.execPath, fileURLToPath(import.meta.url), '--serve', '--idiom', idiom, ...(opt.handshake ? ['--handshake'] : [])], { stdio: ['ignore', 'pipe', 'inherit'] });
   let out = '';
   server.stdout!.on('data', (d) => { out += String(d); });
   await waitPort(PORTS.proxy);
   const body = idiom === 'body' ? ['-s', join(W, 'hmac.lua')] : [];
-  const wrk = spawn('taskset', ['-c', '0', 'wrk', '-t1', '-c50', `-d${opt.seconds}s`, ...body, `https://127.0.0.1:${PORTS.proxy}/`], {
-    stdio: ['ignore', 'pipe', 'inherit'],
-    env: { ...process.env, LD_PRELOAD: join(W, 'wrk-mtls-shim.so'), WRK_CLIENT_CERT: join(W, 'client.crt'), WRK_CLIENT_KEY: join(W, 'client.key') },
+  const close = opt.handshake ? ['-H', 'Connection: close'] : [];
+  const wrk = spawn('taskset', ['-c', '0', 'wrk', '-t1', '-c50', `-d${opt.seconds}s`, ...body, ...close, `https://127.0.0.1:${PORTS.proxy}/`], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+    env: { ...process.env, LD_PRELOAD: join(W, 'wrk-mtls-shim.so'), WRK_CLIENT_CERT: join(W, 'client.crt'), WRK_CLIENT_KEY: join(W, 'client.key'), ...(opt.handshake ? { WRK_NO_RESUME: '1' } : {}) },
   });
+  let wrkErr = '';
+  wrk.stderr!.on('data', (d) => { wrkErr += String(d); });
   let wrkOut = '';
   wrk.stdout!.on('data', (d) => { wrkOut += String(d); });
   await new Promise((r) => wrk.once('exit', r));
   const exited = new Promise((r) => server.once('exit', r));
   server.kill('SIGTERM');
   await exited;
+  if (upstream) await stop(upstream);
+  // A per-handshake figure that includes resumed sessions would flatter both modes.
+  const shim = /wrk-mtls-shim: (\d+) handshakes, (\d+) resumed/.exec(wrkErr);
+  if (opt.handshake && (!shim || shim[2] !== '0')) throw new Error(`the wrk shim reported ${shim ? `${shim[2]} resumed of ${shim[1]} handshakes` : 'no handshake count'}; the per-handshake figures would be wrong`);
   const r = JSON.parse(out) as { mode0: number; mode1: number; ratio: number; min: number; max: number; pairs: number };
+  if (!r.pairs) throw new Error(`no pair of warm 1-s slices in ${opt.seconds} s (run longer with --seconds); wrk said:\n${wrkOut}${wrkErr}`);
   const rps = /Requests\/sec:\s+([\d.]+)/.exec(wrkOut)?.[1];
-  process.stdout.write(`${idiom}: mode 0 ${r.mode0.toFixed(2)} µs/req, mode 1 ${r.mode1.toFixed(2)} µs/req; mode 1 ÷ mode 0, median of ${r.pairs} paired 1-s slices: ${r.ratio.toFixed(3)} (${r.min.toFixed(2)}–${r.max.toFixed(2)}); ${rps} req/s overall\n`);
+  const per = opt.handshake ? 'handshake' : 'req';
+  process.stdout.write(`${idiom}${opt.handshake ? ` (full handshakes, ${shim![1]} of them, none resumed)` : ''}: mode 0 ${r.mode0.toFixed(2)} µs/${per}, mode 1 ${r.mode1.toFixed(2)} µs/${per}; mode 1 ÷ mode 0, median of ${r.pairs} paired 1-s slices: ${r.ratio.toFixed(3)} (${r.min.toFixed(2)}–${r.max.toFixed(2)}); ${rps} req/s overall\n`);
 }

@@ -3,30 +3,41 @@
 // ways of doing one thing every second under wrk's load, and reports the CPU per request
 // of each, paired slice by slice. Both sides share the process, its JIT and heap, and the
 // same seconds of a noisy machine, so differences of a few per cent show (bench/RESULTS.md,
-// ninth round). Needs the PKI and wrk shim `npm run bench` leaves in bench/.work.
-//   npm run bench:idioms -- --idiom end|close|body|proxy [--seconds 40] [--handshake]
+// ninth round). The server runs with Portcullis' --max-semi-space-size=16. Needs the PKI,
+// configs and wrk shim `npm run bench` leaves in bench/.work.
+//   npm run bench:idioms -- --idiom end|close|body|proxy|portcullis [--seconds 40] [--handshake] [--jwt]
 //   end:   res.write(last) + res.end()            against res.end(last)
 //   close: res.once('close', closure)             against res.on('close', shared function)
 //   body:  a 1 KiB body read into a Promise chain against the same listeners with a callback
 //   proxy: answering itself (the Node ceiling)    against forwarding to the bench's nginx
 //          upstream on Portcullis' HTTP/1.1 client (the bare proxy of http1-floor.ts)
+//   portcullis: the bare proxy above            against Portcullis' request handler (policy,
+//          authentication, identity headers, metrics) over the same client and upstream, with
+//          bench/.work/pc-mtls.yaml, or pc-jwt.yaml and the bench token sent by wrk (--jwt)
 //   --handshake: every request on a new connection with a full TLS 1.3 handshake (wrk sends
 //          `Connection: close`, the shim drops each session), so the figures are per handshake.
 import https from 'node:https';
 import { spawn } from 'node:child_process';
-import { existsSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { join, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { PORTS, median, mtlsServerOptions, stop, waitPort } from './common.ts';
+import type { TLSSocket } from 'node:tls';
 import { bareForwarder } from './bare-forward.ts';
+import { loadConfig } from '../src/config/load.ts';
+import { Upstream } from '../src/pipeline/upstream.ts';
+import { createHandler } from '../src/pipeline/handle.ts';
+import { connectionInfo, type ConnectionInfo } from '../src/tls/peer.ts';
+import { createLogger } from '../src/log.ts';
+import { createMetrics } from '../src/metrics.ts';
 
 const HERE = dirname(fileURLToPath(import.meta.url));
 const W = join(HERE, '.work');
-const IDIOMS = ['end', 'close', 'body', 'proxy'] as const;
+const IDIOMS = ['end', 'close', 'body', 'proxy', 'portcullis'] as const;
 type Idiom = (typeof IDIOMS)[number];
-const { values: opt } = parseArgs({ options: { idiom: { type: 'string', default: 'end' }, seconds: { type: 'string', default: '40' }, serve: { type: 'boolean', default: false }, handshake: { type: 'boolean', default: false } } });
+const { values: opt } = parseArgs({ options: { idiom: { type: 'string', default: 'end' }, seconds: { type: 'string', default: '40' }, serve: { type: 'boolean', default: false }, handshake: { type: 'boolean', default: false }, jwt: { type: 'boolean', default: false } } });
 const idiom = opt.idiom as Idiom;
 if (!IDIOMS.includes(idiom)) throw new Error(`--idiom must be one of ${IDIOMS.join(', ')}`);
 
@@ -50,6 +61,27 @@ function readBody(req: IncomingMessage, done: (b: Buffer | 'aborted') => void): 
 /** The bare proxy of http1-floor.ts, made on first use (the other idioms need no upstream). */
 let forwarder: ((req: IncomingMessage, res: ServerResponse) => void) | undefined;
 const forward: Handler = (req, res) => (forwarder ??= bareForwarder(PORTS.upstream))(req, res);
+
+/** Portcullis' request handler as its server wires it (src/server.ts), on the bench's config. */
+function portcullisHandler(): Handler {
+  const cfg = loadConfig(join(W, opt.jwt ? 'pc-jwt.yaml' : 'pc-mtls.yaml'));
+  const upstream = new Upstream(cfg.upstream);
+  const conns = new WeakMap<TLSSocket, ConnectionInfo>();
+  return createHandler({
+    config: () => cfg,
+    upstream: () => upstream,
+    connection: (s) => {
+      let c = conns.get(s);
+      if (!c) { c = connectionInfo(s, Date.now()); conns.set(s, c); }
+      return c;
+    },
+    logger: createLogger('warn'),
+    metrics: createMetrics(),
+    now: Date.now,
+    accepting: () => true,
+  }).onRequest;
+}
+let pcHandler: Handler | undefined;
 const answer = (res: ServerResponse) => { res.writeHead(200, ['content-type', 'text/plain', 'content-length', '3']); res.end('ok\n'); };
 
 /** [mode 0, mode 1] for each idiom. */
@@ -70,6 +102,7 @@ const MODES: Record<Idiom, [Handler, Handler]> = {
     (req, res) => readBody(req, (b) => { try { if (b !== 'aborted') answer(res); } catch { res.destroy(); } }),
   ],
   proxy: [(_req, res) => answer(res), forward],
+  portcullis: [forward, (req, res) => (pcHandler ??= portcullisHandler())(req, res)],
 };
 
 if (opt.serve) {
@@ -97,15 +130,16 @@ if (opt.serve) {
   for (const f of ['server.crt', 'client.crt', 'wrk-mtls-shim.so']) {
     if (!existsSync(join(W, f))) throw new Error(`bench/.work/${f} is missing: run \`npm run bench\` once first`);
   }
-  // The proxy idiom forwards to the benchmark's upstream (nginx `return 200`), on the server's core as in `npm run bench`.
-  const upstream = idiom === 'proxy' ? spawn('taskset', ['-c', '1', 'nginx', '-c', join(W, 'upstream.nginx.conf')], { stdio: 'ignore' }) : undefined;
+  // The proxy and portcullis idioms forward to the benchmark's upstream (nginx `return 200`), on the server's core as in `npm run bench`.
+  const upstream = idiom === 'proxy' || idiom === 'portcullis' ? spawn('taskset', ['-c', '1', 'nginx', '-c', join(W, 'upstream.nginx.conf')], { stdio: 'ignore' }) : undefined;
   if (upstream) await waitPort(PORTS.upstream);
-  const server = spawn('taskset', ['-c', '1', process.execPath, fileURLToPath(import.meta.url), '--serve', '--idiom', idiom, ...(opt.handshake ? ['--handshake'] : [])], { stdio: ['ignore', 'pipe', 'inherit'] });
+  const server = spawn('taskset', ['-c', '1', process.execPath, '--max-semi-space-size=16', fileURLToPath(import.meta.url), '--serve', '--idiom', idiom, ...(opt.handshake ? ['--handshake'] : []), ...(opt.jwt ? ['--jwt'] : [])], { stdio: ['ignore', 'pipe', 'inherit'] });
   let out = '';
   server.stdout!.on('data', (d) => { out += String(d); });
   await waitPort(PORTS.proxy);
   const body = idiom === 'body' ? ['-s', join(W, 'hmac.lua')] : [];
   const close = opt.handshake ? ['-H', 'Connection: close'] : [];
+  if (opt.jwt) close.push('-H', `Authorization: Bearer ${readFileSync(join(W, 'token.txt'), 'utf8').trim()}`);
   const wrk = spawn('taskset', ['-c', '0', 'wrk', '-t1', '-c50', `-d${opt.seconds}s`, ...body, ...close, `https://127.0.0.1:${PORTS.proxy}/`], {
     stdio: ['ignore', 'pipe', 'pipe'],
     env: { ...process.env, LD_PRELOAD: join(W, 'wrk-mtls-shim.so'), WRK_CLIENT_CERT: join(W, 'client.crt'), WRK_CLIENT_KEY: join(W, 'client.key'), ...(opt.handshake ? { WRK_NO_RESUME: '1' } : {}) },
@@ -122,6 +156,9 @@ if (opt.serve) {
   // A per-handshake figure that includes resumed sessions would flatter both modes.
   const shim = /wrk-mtls-shim: (\d+) handshakes, (\d+) resumed/.exec(wrkErr);
   if (opt.handshake && (!shim || shim[2] !== '0')) throw new Error(`the wrk shim reported ${shim ? `${shim[2]} resumed of ${shim[1]} handshakes` : 'no handshake count'}; the per-handshake figures would be wrong`);
+  // Both modes must answer 200: a refusal is cheaper than forwarding and would flatter its mode.
+  const bad = /Non-2xx or 3xx responses: (\d+)/.exec(wrkOut);
+  if (bad) throw new Error(`${bad[1]} responses were not 2xx/3xx; the figures would not compare forwarded requests:\n${wrkOut}`);
   const r = JSON.parse(out) as { mode0: number; mode1: number; ratio: number; min: number; max: number; pairs: number };
   if (!r.pairs) throw new Error(`no pair of warm 1-s slices in ${opt.seconds} s (run longer with --seconds); wrk said:\n${wrkOut}${wrkErr}`);
   const rps = /Requests\/sec:\s+([\d.]+)/.exec(wrkOut)?.[1];

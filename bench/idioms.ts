@@ -23,7 +23,7 @@ import { join, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import type { IncomingMessage, ServerResponse } from 'node:http';
-import { PORTS, median, mtlsServerOptions, stop, waitPort } from './common.ts';
+import { PORTS, median, mtlsServerOptions, shimCounts, stop, waitPort } from './common.ts';
 import type { TLSSocket } from 'node:tls';
 import { bareForwarder } from './bare-forward.ts';
 import { loadConfig } from '../src/config/load.ts';
@@ -132,15 +132,18 @@ if (opt.serve) {
   }
   // The proxy and portcullis idioms forward to the benchmark's upstream (nginx `return 200`), on the server's core as in `npm run bench`.
   const upstream = idiom === 'proxy' || idiom === 'portcullis' ? spawn('taskset', ['-c', '1', 'nginx', '-c', join(W, 'upstream.nginx.conf')], { stdio: 'ignore' }) : undefined;
-  if (upstream) await waitPort(PORTS.upstream);
+  if (upstream) {
+    process.once('exit', () => upstream.kill('SIGKILL')); // also when a check below throws
+    await waitPort(PORTS.upstream);
+  }
   const server = spawn('taskset', ['-c', '1', process.execPath, '--max-semi-space-size=16', fileURLToPath(import.meta.url), '--serve', '--idiom', idiom, ...(opt.handshake ? ['--handshake'] : []), ...(opt.jwt ? ['--jwt'] : [])], { stdio: ['ignore', 'pipe', 'inherit'] });
   let out = '';
   server.stdout!.on('data', (d) => { out += String(d); });
   await waitPort(PORTS.proxy);
   const body = idiom === 'body' ? ['-s', join(W, 'hmac.lua')] : [];
-  const close = opt.handshake ? ['-H', 'Connection: close'] : [];
-  if (opt.jwt) close.push('-H', `Authorization: Bearer ${readFileSync(join(W, 'token.txt'), 'utf8').trim()}`);
-  const wrk = spawn('taskset', ['-c', '0', 'wrk', '-t1', '-c50', `-d${opt.seconds}s`, ...body, ...close, `https://127.0.0.1:${PORTS.proxy}/`], {
+  const headers = opt.handshake ? ['-H', 'Connection: close'] : [];
+  if (opt.jwt) headers.push('-H', `Authorization: Bearer ${readFileSync(join(W, 'token.txt'), 'utf8').trim()}`);
+  const wrk = spawn('taskset', ['-c', '0', 'wrk', '-t1', '-c50', `-d${opt.seconds}s`, ...body, ...headers, `https://127.0.0.1:${PORTS.proxy}/`], {
     stdio: ['ignore', 'pipe', 'pipe'],
     env: { ...process.env, LD_PRELOAD: join(W, 'wrk-mtls-shim.so'), WRK_CLIENT_CERT: join(W, 'client.crt'), WRK_CLIENT_KEY: join(W, 'client.key'), ...(opt.handshake ? { WRK_NO_RESUME: '1' } : {}) },
   });
@@ -153,9 +156,7 @@ if (opt.serve) {
   server.kill('SIGTERM');
   await exited;
   if (upstream) await stop(upstream);
-  // A per-handshake figure that includes resumed sessions would flatter both modes.
-  const shim = /wrk-mtls-shim: (\d+) handshakes, (\d+) resumed/.exec(wrkErr);
-  if (opt.handshake && (!shim || shim[2] !== '0')) throw new Error(`the wrk shim reported ${shim ? `${shim[2]} resumed of ${shim[1]} handshakes` : 'no handshake count'}; the per-handshake figures would be wrong`);
+  const { handshakes } = shimCounts(wrkErr, opt.handshake);
   // Both modes must answer 200: a refusal is cheaper than forwarding and would flatter its mode.
   const bad = /Non-2xx or 3xx responses: (\d+)/.exec(wrkOut);
   if (bad) throw new Error(`${bad[1]} responses were not 2xx/3xx; the figures would not compare forwarded requests:\n${wrkOut}`);
@@ -163,5 +164,5 @@ if (opt.serve) {
   if (!r.pairs) throw new Error(`no pair of warm 1-s slices in ${opt.seconds} s (run longer with --seconds); wrk said:\n${wrkOut}${wrkErr}`);
   const rps = /Requests\/sec:\s+([\d.]+)/.exec(wrkOut)?.[1];
   const per = opt.handshake ? 'handshake' : 'req';
-  process.stdout.write(`${idiom}${opt.handshake ? ` (full handshakes, ${shim![1]} of them, none resumed)` : ''}: mode 0 ${r.mode0.toFixed(2)} µs/${per}, mode 1 ${r.mode1.toFixed(2)} µs/${per}; mode 1 ÷ mode 0, median of ${r.pairs} paired 1-s slices: ${r.ratio.toFixed(3)} (${r.min.toFixed(2)}–${r.max.toFixed(2)}); ${rps} req/s overall\n`);
+  process.stdout.write(`${idiom}${opt.handshake ? ` (full handshakes, ${handshakes} of them, none resumed)` : ''}: mode 0 ${r.mode0.toFixed(2)} µs/${per}, mode 1 ${r.mode1.toFixed(2)} µs/${per}; mode 1 ÷ mode 0, median of ${r.pairs} paired 1-s slices: ${r.ratio.toFixed(3)} (${r.min.toFixed(2)}–${r.max.toFixed(2)}); ${rps} req/s overall\n`);
 }

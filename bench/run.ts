@@ -9,7 +9,7 @@ import { fileURLToPath } from 'node:url';
 import { createHash, createHmac, createPrivateKey, sign } from 'node:crypto';
 import { parseArgs } from 'node:util';
 import { cpus } from 'node:os';
-import { PORTS, cpuTicks, median, policyYaml, portcullisYaml, stop, waitPort } from './common.ts';
+import { PORTS, cpuTicks, median, policyYaml, portcullisYaml, shimCounts, stop, waitPort } from './common.ts';
 
 const HERE = dirname(fileURLToPath(import.meta.url));
 const ROOT = join(HERE, '..');
@@ -178,12 +178,9 @@ function wrk(t: Target, handshake: boolean, pid?: number, seconds = SECONDS): Pr
       const tm = /(\d+)m([\d.]+)s (\d+)m([\d.]+)s\s*$/.exec(out.trim());
       // Over wrk's whole life (its connection set-up included), not just its timed window.
       const loadCpu = tm ? (Number(tm[1]) * 60 + Number(tm[2]) + Number(tm[3]) * 60 + Number(tm[4])) / ((performance.now() - started) / 1000) : NaN;
-      const shim = /wrk-mtls-shim: (\d+) handshakes, (\d+) resumed, (\d+) TLSv1\.3/.exec(out);
-      const [handshakes, resumed, tls13] = shim ? [Number(shim[1]), Number(shim[2]), Number(shim[3])] : [NaN, NaN, NaN];
-      // A "full handshake" figure that includes resumptions would flatter the server.
-      if (handshake && !shim) return reject(new Error(`${t.name}: the wrk shim reported no handshake count (is wrk linked against libssl?); resumptions cannot be ruled out`));
-      if (handshake && resumed !== 0) return reject(new Error(`${t.name}: ${resumed} of ${handshakes} handshakes resumed a session; the full-handshake figure would be wrong`));
-      resolve({ rps, p50: pct('50'), p99: pct('99'), errors, cpuUs, loadCpu, handshakes, resumed, tls13 });
+      let counts: ReturnType<typeof shimCounts>;
+      try { counts = shimCounts(out, handshake); } catch (e) { return reject(new Error(`${t.name}: ${(e as Error).message}`)); }
+      resolve({ rps, p50: pct('50'), p99: pct('99'), errors, cpuUs, loadCpu, ...counts });
     });
   });
 }

@@ -3,9 +3,10 @@
 // ways of doing one thing every second under wrk's load, and reports the CPU per request
 // of each, paired slice by slice. Both sides share the process, its JIT and heap, and the
 // same seconds of a noisy machine, so differences of a few per cent show (bench/RESULTS.md,
-// ninth round). The server runs with Portcullis' --max-semi-space-size=16. Needs the PKI,
+// ninth round). The server runs with Portcullis' --max-semi-space-size=16 and (except in the
+// empty idiom, which switches it) its optimizeEmptyRequests. Needs the PKI,
 // configs and wrk shim `npm run bench` leaves in bench/.work.
-//   npm run bench:idioms -- --idiom end|close|body|proxy|portcullis [--seconds 40] [--handshake] [--jwt]
+//   npm run bench:idioms -- --idiom end|close|body|proxy|portcullis|empty [--seconds 40] [--handshake] [--jwt]
 //   end:   res.write(last) + res.end()            against res.end(last)
 //   close: res.once('close', closure)             against res.on('close', shared function)
 //   body:  a 1 KiB body read into a Promise chain against the same listeners with a callback
@@ -14,6 +15,9 @@
 //   portcullis: the bare proxy above            against Portcullis' request handler (policy,
 //          authentication, identity headers, metrics) over the same client and upstream, with
 //          bench/.work/pc-mtls.yaml, or pc-jwt.yaml and the bench token sent by wrk (--jwt)
+//   empty: Portcullis' request handler as above, with the server's optimizeEmptyRequests off
+//          against on (Node 24.12+: a request without Content-Length or Transfer-Encoding is
+//          handed over already ended, with no stream events)
 //   --handshake: every request on a new connection with a full TLS 1.3 handshake (wrk sends
 //          `Connection: close`, the shim drops each session), so the figures are per handshake.
 import https from 'node:https';
@@ -35,7 +39,7 @@ import { createMetrics } from '../src/metrics.ts';
 
 const HERE = dirname(fileURLToPath(import.meta.url));
 const W = join(HERE, '.work');
-const IDIOMS = ['end', 'close', 'body', 'proxy', 'portcullis'] as const;
+const IDIOMS = ['end', 'close', 'body', 'proxy', 'portcullis', 'empty'] as const;
 type Idiom = (typeof IDIOMS)[number];
 const { values: opt } = parseArgs({ options: { idiom: { type: 'string', default: 'end' }, seconds: { type: 'string', default: '40' }, serve: { type: 'boolean', default: false }, handshake: { type: 'boolean', default: false }, jwt: { type: 'boolean', default: false } } });
 const idiom = opt.idiom as Idiom;
@@ -82,6 +86,7 @@ function portcullisHandler(): Handler {
   }).onRequest;
 }
 let pcHandler: Handler | undefined;
+const portcullis: Handler = (req, res) => (pcHandler ??= portcullisHandler())(req, res);
 const answer = (res: ServerResponse) => { res.writeHead(200, ['content-type', 'text/plain', 'content-length', '3']); res.end('ok\n'); };
 
 /** [mode 0, mode 1] for each idiom. */
@@ -102,7 +107,9 @@ const MODES: Record<Idiom, [Handler, Handler]> = {
     (req, res) => readBody(req, (b) => { try { if (b !== 'aborted') answer(res); } catch { res.destroy(); } }),
   ],
   proxy: [(_req, res) => answer(res), forward],
-  portcullis: [forward, (req, res) => (pcHandler ??= portcullisHandler())(req, res)],
+  portcullis: [forward, portcullis],
+  // The same handler both ways; the server's optimizeEmptyRequests is switched with the mode.
+  empty: [portcullis, portcullis],
 };
 
 if (opt.serve) {
@@ -110,8 +117,12 @@ if (opt.serve) {
   let mode = 0, n = 0, last = process.cpuUsage(), warm = false;
   const slices: [number[], number[]] = [[], []];
   const modes = MODES[idiom];
-  https.createServer(mtlsServerOptions(join(W, 'server.crt'), join(W, 'server.key'), join(W, 'ca.crt')), (req, res) => { n++; modes[mode]!(req, res); })
+  const server = https.createServer({ ...mtlsServerOptions(join(W, 'server.crt'), join(W, 'server.key'), join(W, 'ca.crt')), optimizeEmptyRequests: idiom !== 'empty' }, (req, res) => { n++; modes[mode]!(req, res); })
     .listen(PORTS.proxy, '127.0.0.1');
+  // Node keeps the option under a symbol of its own, read as each request arrives.
+  const kEmpty = Object.getOwnPropertySymbols(server).find((s) => s.description === 'OptimizeEmptyRequestsOption');
+  if (idiom === 'empty' && !kEmpty) throw new Error(`this Node (${process.version}) has no optimizeEmptyRequests server option (v24.12+)`);
+  const setEmpty = (on: boolean) => { if (idiom === 'empty') (server as unknown as Record<symbol, boolean>)[kEmpty!] = on; };
   setInterval(() => {
     const u = process.cpuUsage(last);
     last = process.cpuUsage();
@@ -119,6 +130,7 @@ if (opt.serve) {
     if (n > (opt.handshake ? 100 : 1000)) warm = true; // the first busy slice warms the JIT and is not counted
     n = 0;
     mode ^= 1;
+    setEmpty(mode === 1);
   }, 1000);
   process.on('SIGTERM', () => {
     const pairs = Math.min(slices[0].length, slices[1].length);
@@ -131,7 +143,7 @@ if (opt.serve) {
     if (!existsSync(join(W, f))) throw new Error(`bench/.work/${f} is missing: run \`npm run bench\` once first`);
   }
   // The proxy and portcullis idioms forward to the benchmark's upstream (nginx `return 200`), on the server's core as in `npm run bench`.
-  const upstream = idiom === 'proxy' || idiom === 'portcullis' ? spawn('taskset', ['-c', '1', 'nginx', '-c', join(W, 'upstream.nginx.conf')], { stdio: 'ignore' }) : undefined;
+  const upstream = idiom === 'proxy' || idiom === 'portcullis' || idiom === 'empty' ? spawn('taskset', ['-c', '1', 'nginx', '-c', join(W, 'upstream.nginx.conf')], { stdio: 'ignore' }) : undefined;
   if (upstream) {
     process.once('exit', () => upstream.kill('SIGKILL')); // also when a check below throws
     await waitPort(PORTS.upstream);

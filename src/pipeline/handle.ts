@@ -32,6 +32,9 @@ function challenge(d: Decision): string {
 
 /** Buffer a body up to `max` bytes; never more. */
 function readBody(req: IncomingMessage, max: number): Promise<Buffer | 'too-large' | 'aborted'> {
+  // No Content-Length or Transfer-Encoding: no body. The server hands such a request over
+  // already ended (optimizeEmptyRequests), so no 'end' event would ever come.
+  if (req.readableEnded) return Promise.resolve(Buffer.alloc(0));
   const declared = Number(req.headers['content-length']);
   if (Number.isFinite(declared) && declared > max) return Promise.resolve('too-large');
   return new Promise((resolve) => {

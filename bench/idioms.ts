@@ -6,7 +6,7 @@
 // ninth round). The server runs with Portcullis' --max-semi-space-size=16 and (except in the
 // empty idiom, which switches it) its optimizeEmptyRequests. Needs the PKI,
 // configs and wrk shim `npm run bench` leaves in bench/.work.
-//   npm run bench:idioms -- --idiom end|close|body|proxy|portcullis|empty [--seconds 40] [--handshake] [--jwt]
+//   npm run bench:idioms -- --idiom end|close|body|proxy|portcullis|empty|sni [--seconds 40] [--handshake] [--jwt]
 //   end:   res.write(last) + res.end()            against res.end(last)
 //   close: res.once('close', closure)             against res.on('close', shared function)
 //   body:  a 1 KiB body read into a Promise chain against the same listeners with a callback
@@ -18,6 +18,9 @@
 //   empty: Portcullis' request handler as above, with the server's optimizeEmptyRequests off
 //          against on (Node 24.12+: a request without Content-Length or Transfer-Encoding is
 //          handed over already ended, with no stream events)
+//   sni:   Portcullis' request handler as above, with no SNICallback (Node's built-in one, which
+//          never pauses the handshake) against Portcullis' own (src/server.ts) looking the name up
+//          in pc-mtls.yaml's certificates; only meaningful with --handshake
 //   --handshake: every request on a new connection with a full TLS 1.3 handshake (wrk sends
 //          `Connection: close`, the shim drops each session), so the figures are per handshake.
 import https from 'node:https';
@@ -28,7 +31,7 @@ import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { PORTS, median, mtlsServerOptions, shimCounts, stop, waitPort } from './common.ts';
-import type { TLSSocket } from 'node:tls';
+import type { SecureContext, TLSSocket } from 'node:tls';
 import { bareForwarder } from './bare-forward.ts';
 import { loadConfig } from '../src/config/load.ts';
 import { Upstream } from '../src/pipeline/upstream.ts';
@@ -39,7 +42,7 @@ import { createMetrics } from '../src/metrics.ts';
 
 const HERE = dirname(fileURLToPath(import.meta.url));
 const W = join(HERE, '.work');
-const IDIOMS = ['end', 'close', 'body', 'proxy', 'portcullis', 'empty'] as const;
+const IDIOMS = ['end', 'close', 'body', 'proxy', 'portcullis', 'empty', 'sni'] as const;
 type Idiom = (typeof IDIOMS)[number];
 const { values: opt } = parseArgs({ options: { idiom: { type: 'string', default: 'end' }, seconds: { type: 'string', default: '40' }, serve: { type: 'boolean', default: false }, handshake: { type: 'boolean', default: false }, jwt: { type: 'boolean', default: false } } });
 const idiom = opt.idiom as Idiom;
@@ -110,6 +113,8 @@ const MODES: Record<Idiom, [Handler, Handler]> = {
   portcullis: [forward, portcullis],
   // The same handler both ways; the server's optimizeEmptyRequests is switched with the mode.
   empty: [portcullis, portcullis],
+  // The same handler both ways; the server's SNICallback is switched with the mode.
+  sni: [portcullis, portcullis],
 };
 
 if (opt.serve) {
@@ -117,12 +122,26 @@ if (opt.serve) {
   let mode = 0, n = 0, last = process.cpuUsage(), warm = false;
   const slices: [number[], number[]] = [[], []];
   const modes = MODES[idiom];
-  const server = https.createServer({ ...mtlsServerOptions(join(W, 'server.crt'), join(W, 'server.key'), join(W, 'ca.crt')), optimizeEmptyRequests: idiom !== 'empty' }, (req, res) => { n++; modes[mode]!(req, res); })
+  // The sni idiom serves Portcullis' own TLS settings (ticket keys, session context, ciphers) in
+  // both modes, as src/server.ts does, so that only the callback differs between them.
+  const sniTls = idiom === 'sni' ? loadConfig(join(W, 'pc-mtls.yaml')).tls : undefined;
+  const tlsOptions = sniTls ? { ...sniTls.defaultOptions, requestCert: true, rejectUnauthorized: false } : mtlsServerOptions(join(W, 'server.crt'), join(W, 'server.key'), join(W, 'ca.crt'));
+  const server = https.createServer({ ...tlsOptions, optimizeEmptyRequests: idiom !== 'empty' }, (req, res) => { n++; modes[mode]!(req, res); })
     .listen(PORTS.proxy, '127.0.0.1');
   // Node keeps the option under a symbol of its own, read as each request arrives.
   const kEmpty = Object.getOwnPropertySymbols(server).find((s) => s.description === 'OptimizeEmptyRequestsOption');
   if (idiom === 'empty' && !kEmpty) throw new Error(`this Node (${process.version}) has no optimizeEmptyRequests server option (v24.12+)`);
   const setEmpty = (on: boolean) => { if (idiom === 'empty') (server as unknown as Record<symbol, boolean>)[kEmpty!] = on; };
+  // Node reads the server's SNICallback as each connection arrives; without one (and no
+  // addContext entries) it does not pause the handshake for JavaScript at all.
+  const kSni = Object.getOwnPropertySymbols(server).find((s) => s.description === 'snicallback');
+  if (idiom === 'sni' && !kSni) throw new Error(`this Node (${process.version}) keeps no per-server SNICallback symbol`);
+  const sniCallback = (name: string, cb: (err: Error | null, ctx?: SecureContext) => void) => {
+    const ctx = sniTls!.lookup(name);
+    if (ctx) cb(null, ctx);
+    else cb(new Error('unknown SNI name'), undefined);
+  };
+  const setSni = (on: boolean) => { if (idiom === 'sni') (server as unknown as Record<symbol, unknown>)[kSni!] = on ? sniCallback : undefined; };
   setInterval(() => {
     const u = process.cpuUsage(last);
     last = process.cpuUsage();
@@ -131,6 +150,7 @@ if (opt.serve) {
     n = 0;
     mode ^= 1;
     setEmpty(mode === 1);
+    setSni(mode === 1);
   }, 1000);
   process.on('SIGTERM', () => {
     const pairs = Math.min(slices[0].length, slices[1].length);
@@ -143,7 +163,7 @@ if (opt.serve) {
     if (!existsSync(join(W, f))) throw new Error(`bench/.work/${f} is missing: run \`npm run bench\` once first`);
   }
   // The proxy and portcullis idioms forward to the benchmark's upstream (nginx `return 200`), on the server's core as in `npm run bench`.
-  const upstream = idiom === 'proxy' || idiom === 'portcullis' || idiom === 'empty' ? spawn('taskset', ['-c', '1', 'nginx', '-c', join(W, 'upstream.nginx.conf')], { stdio: 'ignore' }) : undefined;
+  const upstream = idiom === 'proxy' || idiom === 'portcullis' || idiom === 'empty' || idiom === 'sni' ? spawn('taskset', ['-c', '1', 'nginx', '-c', join(W, 'upstream.nginx.conf')], { stdio: 'ignore' }) : undefined;
   if (upstream) {
     process.once('exit', () => upstream.kill('SIGKILL')); // also when a check below throws
     await waitPort(PORTS.upstream);

@@ -6,7 +6,7 @@
 // ninth round). The server runs with Portcullis' --max-semi-space-size=16 and (except in the
 // empty idiom, which switches it) its optimizeEmptyRequests. Needs the PKI,
 // configs and wrk shim `npm run bench` leaves in bench/.work.
-//   npm run bench:idioms -- --idiom end|close|body|proxy|portcullis|empty|sni [--seconds 40] [--handshake] [--jwt]
+//   npm run bench:idioms -- --idiom end|close|body|proxy|portcullis|empty|sni|suites [--seconds 40] [--handshake] [--jwt]
 //   end:   res.write(last) + res.end()            against res.end(last)
 //   close: res.once('close', closure)             against res.on('close', shared function)
 //   body:  a 1 KiB body read into a Promise chain against the same listeners with a callback
@@ -21,6 +21,9 @@
 //   sni:   Portcullis' request handler as above, with no SNICallback (Node's built-in one, which
 //          never pauses the handshake) against Portcullis' own (src/server.ts) looking the name up
 //          in pc-mtls.yaml's certificates; only meaningful with --handshake
+//   suites: Portcullis' request handler and TLS settings as above, with OpenSSL's default TLS 1.3
+//          suite order (AES-256-GCM first) against Portcullis' (AES-128-GCM first; wrk offers
+//          OpenSSL's order and the server's wins); only meaningful with --handshake
 //   --handshake: every request on a new connection with a full TLS 1.3 handshake (wrk sends
 //          `Connection: close`, the shim drops each session), so the figures are per handshake.
 import https from 'node:https';
@@ -42,7 +45,7 @@ import { createMetrics } from '../src/metrics.ts';
 
 const HERE = dirname(fileURLToPath(import.meta.url));
 const W = join(HERE, '.work');
-const IDIOMS = ['end', 'close', 'body', 'proxy', 'portcullis', 'empty', 'sni'] as const;
+const IDIOMS = ['end', 'close', 'body', 'proxy', 'portcullis', 'empty', 'sni', 'suites'] as const;
 type Idiom = (typeof IDIOMS)[number];
 const { values: opt } = parseArgs({ options: { idiom: { type: 'string', default: 'end' }, seconds: { type: 'string', default: '40' }, serve: { type: 'boolean', default: false }, handshake: { type: 'boolean', default: false }, jwt: { type: 'boolean', default: false } } });
 const idiom = opt.idiom as Idiom;
@@ -115,6 +118,8 @@ const MODES: Record<Idiom, [Handler, Handler]> = {
   empty: [portcullis, portcullis],
   // The same handler both ways; the server's SNICallback is switched with the mode.
   sni: [portcullis, portcullis],
+  // The same handler both ways; the server's TLS 1.3 cipher-suite preference is switched with the mode.
+  suites: [portcullis, portcullis],
 };
 
 if (opt.serve) {
@@ -122,9 +127,9 @@ if (opt.serve) {
   let mode = 0, n = 0, last = process.cpuUsage(), warm = false;
   const slices: [number[], number[]] = [[], []];
   const modes = MODES[idiom];
-  // The sni idiom serves Portcullis' own TLS settings (ticket keys, session context, ciphers) in
-  // both modes, as src/server.ts does, so that only the callback differs between them.
-  const sniTls = idiom === 'sni' ? loadConfig(join(W, 'pc-mtls.yaml')).tls : undefined;
+  // The sni and suites idioms serve Portcullis' own TLS settings (ticket keys, session context,
+  // ciphers), as src/server.ts does, so that only the callback or the suite order differs.
+  const sniTls = idiom === 'sni' || idiom === 'suites' ? loadConfig(join(W, 'pc-mtls.yaml')).tls : undefined;
   const tlsOptions = sniTls ? { ...sniTls.defaultOptions, requestCert: true, rejectUnauthorized: false } : mtlsServerOptions(join(W, 'server.crt'), join(W, 'server.key'), join(W, 'ca.crt'));
   const server = https.createServer({ ...tlsOptions, optimizeEmptyRequests: idiom !== 'empty' }, (req, res) => { n++; modes[mode]!(req, res); })
     .listen(PORTS.proxy, '127.0.0.1');
@@ -142,6 +147,14 @@ if (opt.serve) {
     else cb(new Error('unknown SNI name'), undefined);
   };
   const setSni = (on: boolean) => { if (idiom === 'sni') (server as unknown as Record<symbol, unknown>)[kSni!] = on ? sniCallback : undefined; };
+  // Mode 0: Portcullis' TLS settings without its TLS 1.3 suites, so OpenSSL's default order
+  // (AES-256-GCM first) applies; mode 1: Portcullis' own order (AES-128-GCM first). Node uses
+  // the new context for the connections that arrive after the switch.
+  const setSuites = (on: boolean) => {
+    if (idiom !== 'suites') return;
+    const base = sniTls!.defaultOptions;
+    server.setSecureContext(on ? base : { ...base, ciphers: (base.ciphers ?? '').split(':').filter((c) => !c.startsWith('TLS_')).join(':') });
+  };
   setInterval(() => {
     const u = process.cpuUsage(last);
     last = process.cpuUsage();
@@ -151,6 +164,7 @@ if (opt.serve) {
     mode ^= 1;
     setEmpty(mode === 1);
     setSni(mode === 1);
+    setSuites(mode === 1);
   }, 1000);
   process.on('SIGTERM', () => {
     const pairs = Math.min(slices[0].length, slices[1].length);
@@ -163,7 +177,7 @@ if (opt.serve) {
     if (!existsSync(join(W, f))) throw new Error(`bench/.work/${f} is missing: run \`npm run bench\` once first`);
   }
   // The proxy and portcullis idioms forward to the benchmark's upstream (nginx `return 200`), on the server's core as in `npm run bench`.
-  const upstream = idiom === 'proxy' || idiom === 'portcullis' || idiom === 'empty' || idiom === 'sni' ? spawn('taskset', ['-c', '1', 'nginx', '-c', join(W, 'upstream.nginx.conf')], { stdio: 'ignore' }) : undefined;
+  const upstream = idiom === 'proxy' || idiom === 'portcullis' || idiom === 'empty' || idiom === 'sni' || idiom === 'suites' ? spawn('taskset', ['-c', '1', 'nginx', '-c', join(W, 'upstream.nginx.conf')], { stdio: 'ignore' }) : undefined;
   if (upstream) {
     process.once('exit', () => upstream.kill('SIGKILL')); // also when a check below throws
     await waitPort(PORTS.upstream);

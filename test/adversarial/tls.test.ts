@@ -46,6 +46,18 @@ t.test('protocol versions: 1.2 and 1.3 only', async (t) => {
   }
 });
 
+t.test('TLS 1.3 suites: AES-128-GCM preferred over the client\'s order; the other two AEAD suites accepted; CCM refused', async (t) => {
+  // OpenSSL clients (curl, Node, wrk) offer AES-256-GCM first: the server's order wins.
+  t.equal(await hello({ ciphers: 'TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256:TLS_AES_128_GCM_SHA256' }), 'TLSv1.3 TLS_AES_128_GCM_SHA256');
+  t.equal(await hello({}), 'TLSv1.3 TLS_AES_128_GCM_SHA256', 'with the client library\'s default suites');
+  for (const c of ['TLS_AES_256_GCM_SHA384', 'TLS_CHACHA20_POLY1305_SHA256']) {
+    t.equal(await hello({ ciphers: c }), `TLSv1.3 ${c}`, `${c} alone accepted`);
+  }
+  for (const c of ['TLS_AES_128_CCM_SHA256', 'TLS_AES_128_CCM_8_SHA256']) {
+    t.match(await hello({ minVersion: 'TLSv1.3', ciphers: c }), /^refused/, `${c} refused (not offered by the server)`);
+  }
+});
+
 t.test('TLS 1.2 ciphers: no RSA key exchange, no CBC, no 3DES/RC4/NULL/anon', async (t) => {
   for (const c of ['AES128-SHA', 'AES256-GCM-SHA384', 'ECDHE-RSA-AES128-SHA', 'ECDHE-RSA-AES256-SHA384', 'DES-CBC3-SHA', 'NULL-SHA256', 'ADH-AES128-GCM-SHA256']) {
     t.match(await hello({ maxVersion: 'TLSv1.2', ciphers: `${c}@SECLEVEL=0` }), /^refused/, `${c} refused`);

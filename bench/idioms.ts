@@ -176,8 +176,9 @@ if (opt.serve) {
   for (const f of ['server.crt', 'client.crt', 'wrk-mtls-shim.so']) {
     if (!existsSync(join(W, f))) throw new Error(`bench/.work/${f} is missing: run \`npm run bench\` once first`);
   }
-  // The proxy and portcullis idioms forward to the benchmark's upstream (nginx `return 200`), on the server's core as in `npm run bench`.
-  const upstream = idiom === 'proxy' || idiom === 'portcullis' || idiom === 'empty' || idiom === 'sni' || idiom === 'suites' ? spawn('taskset', ['-c', '1', 'nginx', '-c', join(W, 'upstream.nginx.conf')], { stdio: 'ignore' }) : undefined;
+  // All but the first three idioms forward to the benchmark's upstream (nginx `return 200`), on the server's core as in `npm run bench`.
+  const forwards = idiom !== 'end' && idiom !== 'close' && idiom !== 'body';
+  const upstream = forwards ? spawn('taskset', ['-c', '1', 'nginx', '-c', join(W, 'upstream.nginx.conf')], { stdio: 'ignore' }) : undefined;
   if (upstream) {
     process.once('exit', () => upstream.kill('SIGKILL')); // also when a check below throws
     await waitPort(PORTS.upstream);

@@ -8,7 +8,7 @@ import { pemBlocks, readCertificate, readCrl, nameToString, toPem } from './asn1
 
 // TLS 1.3: the three AEAD suites, AES-128-GCM first as in TLS 1.2 below and in Mozilla's
 // intermediate profile (OpenSSL's own order puts AES-256 first). The key exchange (X25519,
-// P-256) gives 128-bit security either way, and the SHA-256 key schedule costs ~1.5 % less
+// P-256) gives 128-bit security either way, and the SHA-256 key schedule costs ~1.3 % less
 // of a full handshake than SHA-384 (bench/RESULTS.md, thirteenth round).
 const TLS13_SUITES = ['TLS_AES_128_GCM_SHA256', 'TLS_AES_256_GCM_SHA384', 'TLS_CHACHA20_POLY1305_SHA256'];
 // TLS 1.2: ECDHE key exchange with AEAD ciphers only (BCP 195 / RFC 9325).

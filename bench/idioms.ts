@@ -129,8 +129,8 @@ if (opt.serve) {
   const modes = MODES[idiom];
   // The sni and suites idioms serve Portcullis' own TLS settings (ticket keys, session context,
   // ciphers), as src/server.ts does, so that only the callback or the suite order differs.
-  const sniTls = idiom === 'sni' || idiom === 'suites' ? loadConfig(join(W, 'pc-mtls.yaml')).tls : undefined;
-  const tlsOptions = sniTls ? { ...sniTls.defaultOptions, requestCert: true, rejectUnauthorized: false } : mtlsServerOptions(join(W, 'server.crt'), join(W, 'server.key'), join(W, 'ca.crt'));
+  const pcTls = idiom === 'sni' || idiom === 'suites' ? loadConfig(join(W, 'pc-mtls.yaml')).tls : undefined;
+  const tlsOptions = pcTls ? { ...pcTls.defaultOptions, requestCert: true, rejectUnauthorized: false } : mtlsServerOptions(join(W, 'server.crt'), join(W, 'server.key'), join(W, 'ca.crt'));
   const server = https.createServer({ ...tlsOptions, optimizeEmptyRequests: idiom !== 'empty' }, (req, res) => { n++; modes[mode]!(req, res); })
     .listen(PORTS.proxy, '127.0.0.1');
   // Node keeps the option under a symbol of its own, read as each request arrives.
@@ -142,7 +142,7 @@ if (opt.serve) {
   const kSni = Object.getOwnPropertySymbols(server).find((s) => s.description === 'snicallback');
   if (idiom === 'sni' && !kSni) throw new Error(`this Node (${process.version}) keeps no per-server SNICallback symbol`);
   const sniCallback = (name: string, cb: (err: Error | null, ctx?: SecureContext) => void) => {
-    const ctx = sniTls!.lookup(name);
+    const ctx = pcTls!.lookup(name);
     if (ctx) cb(null, ctx);
     else cb(new Error('unknown SNI name'), undefined);
   };
@@ -152,7 +152,7 @@ if (opt.serve) {
   // the new context for the connections that arrive after the switch.
   const setSuites = (on: boolean) => {
     if (idiom !== 'suites') return;
-    const base = sniTls!.defaultOptions;
+    const base = pcTls!.defaultOptions;
     server.setSecureContext(on ? base : { ...base, ciphers: (base.ciphers ?? '').split(':').filter((c) => !c.startsWith('TLS_')).join(':') });
   };
   setInterval(() => {

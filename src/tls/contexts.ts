@@ -18,7 +18,7 @@ const TLS12_CIPHERS = [
   'ECDHE-ECDSA-CHACHA20-POLY1305', 'ECDHE-RSA-CHACHA20-POLY1305',
 ];
 /** Node's `ciphers` option: names starting with TLS_ set the TLS 1.3 suites, the rest TLS 1.2's. */
-export const CIPHERS = [...TLS13_SUITES, ...TLS12_CIPHERS].join(':');
+const CIPHERS = [...TLS13_SUITES, ...TLS12_CIPHERS].join(':');
 
 const SECURE_OPTIONS = C.SSL_OP_NO_RENEGOTIATION | C.SSL_OP_NO_COMPRESSION | C.SSL_OP_CIPHER_SERVER_PREFERENCE;
 

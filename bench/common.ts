@@ -1,7 +1,8 @@
 // Pieces every benchmark script shares: ports, the Portcullis config they run,
 // process control and the arithmetic of their tables. No side effects on import.
 import type { ChildProcess } from 'node:child_process';
-import { readFileSync } from 'node:fs';
+import { createHmac } from 'node:crypto';
+import { readFileSync, writeFileSync } from 'node:fs';
 import { createConnection } from 'node:net';
 
 /** The bare Node references' server options: the bench PKI's certificate, and a client certificate required. */
@@ -10,6 +11,19 @@ export function mtlsServerOptions(cert: string, key: string, ca: string) {
 }
 
 export const PORTS = { upstream: 18080, proxy: 18443, admin: 19901, redis: 16379 } as const;
+
+/** The signed route's shared secret and its 1 KiB JSON body. */
+export const HMAC_SECRET = 'bench-hmac-secret-0123456789abcdef';
+export const HMAC_BODY = JSON.stringify({ data: 'x'.repeat(1024 - 12) });
+/** The bench config's `sig` authenticator: the signature covers method, path, timestamp and body. */
+export const HMAC_AUTHENTICATOR = `  sig: { type: hmac, clients: [ { id: bench, secret: "${HMAC_SECRET}", subject: bench } ], message: [method, path, timestamp, body], requireNonce: false, maxSkewSec: 3600 }`;
+/** The signature of POST `path` with HMAC_BODY at `ts` (Unix seconds). */
+export const hmacSignature = (path: string, ts: string) => createHmac('sha256', HMAC_SECRET).update(`POST${path}${ts}${HMAC_BODY}`).digest('hex');
+/** A wrk script sending that POST, signed for `path` at `ts` (accepted for maxSkewSec, an hour). */
+export function writeHmacScript(file: string, path: string, ts: string): string {
+  writeFileSync(file, `wrk.method = "POST"\nwrk.body = ${JSON.stringify(HMAC_BODY)}\nwrk.headers["Content-Type"] = "application/json"\nwrk.headers["X-API-Key"] = "bench"\nwrk.headers["X-Timestamp"] = "${ts}"\nwrk.headers["X-Signature"] = "${hmacSignature(path, ts)}"\n`);
+  return file;
+}
 
 /**
  * A Portcullis config for the benchmark PKI in bench/.work (bench.test, client certificate

@@ -6,7 +6,7 @@
 // ninth round). The server runs with Portcullis' --max-semi-space-size=16 and (except in the
 // empty idiom, which switches it) its optimizeEmptyRequests. Needs the PKI,
 // configs and wrk shim `npm run bench` leaves in bench/.work.
-//   npm run bench:idioms -- --idiom end|close|body|proxy|portcullis|empty|sni|suites [--seconds 40] [--handshake] [--jwt]
+//   npm run bench:idioms -- --idiom end|close|body|proxy|portcullis|empty|sni|suites|revision [--seconds 40] [--handshake] [--jwt] [--hmac] [--base REV]
 //   end:   res.write(last) + res.end()            against res.end(last)
 //   close: res.once('close', closure)             against res.on('close', shared function)
 //   body:  a 1 KiB body read into a Promise chain against the same listeners with a callback
@@ -24,32 +24,36 @@
 //   suites: Portcullis' request handler and TLS settings as above, with OpenSSL's default TLS 1.3
 //          suite order (AES-256-GCM first) against Portcullis' (AES-128-GCM first; wrk offers
 //          OpenSSL's order and the server's wins); only meaningful with --handshake
+//   revision: Portcullis' request handler as above from the source tree of git revision --base
+//          (default HEAD; its src/ is exported to bench/.work/rev-<commit>) against the working
+//          tree's: a change to the request path measured against what it replaces, in one process
+//   --hmac: Portcullis' handler on pc-hmac.yaml, wrk sending the bench's signed 1 KiB POST
+//          (portcullis, empty and revision only)
 //   --handshake: every request on a new connection with a full TLS 1.3 handshake (wrk sends
 //          `Connection: close`, the shim drops each session), so the figures are per handshake.
 import https from 'node:https';
-import { spawn } from 'node:child_process';
-import { existsSync, readFileSync } from 'node:fs';
+import { execFileSync, spawn } from 'node:child_process';
+import { existsSync, mkdirSync, readFileSync } from 'node:fs';
 import { join, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import type { IncomingMessage, ServerResponse } from 'node:http';
-import { PORTS, median, mtlsServerOptions, shimCounts, stop, waitPort } from './common.ts';
+import { PORTS, median, mtlsServerOptions, shimCounts, stop, waitPort, writeHmacScript } from './common.ts';
 import type { SecureContext, TLSSocket } from 'node:tls';
 import { bareForwarder } from './bare-forward.ts';
 import { loadConfig } from '../src/config/load.ts';
-import { Upstream } from '../src/pipeline/upstream.ts';
-import { createHandler } from '../src/pipeline/handle.ts';
-import { connectionInfo, type ConnectionInfo } from '../src/tls/peer.ts';
-import { createLogger } from '../src/log.ts';
-import { createMetrics } from '../src/metrics.ts';
+import type { ConnectionInfo } from '../src/tls/peer.ts';
 
 const HERE = dirname(fileURLToPath(import.meta.url));
 const W = join(HERE, '.work');
-const IDIOMS = ['end', 'close', 'body', 'proxy', 'portcullis', 'empty', 'sni', 'suites'] as const;
+const IDIOMS = ['end', 'close', 'body', 'proxy', 'portcullis', 'empty', 'sni', 'suites', 'revision'] as const;
 type Idiom = (typeof IDIOMS)[number];
-const { values: opt } = parseArgs({ options: { idiom: { type: 'string', default: 'end' }, seconds: { type: 'string', default: '40' }, serve: { type: 'boolean', default: false }, handshake: { type: 'boolean', default: false }, jwt: { type: 'boolean', default: false } } });
+const { values: opt } = parseArgs({ options: { idiom: { type: 'string', default: 'end' }, seconds: { type: 'string', default: '40' }, serve: { type: 'boolean', default: false }, handshake: { type: 'boolean', default: false }, jwt: { type: 'boolean', default: false }, hmac: { type: 'boolean', default: false }, base: { type: 'string', default: 'HEAD' }, 'base-dir': { type: 'string' } } });
 const idiom = opt.idiom as Idiom;
 if (!IDIOMS.includes(idiom)) throw new Error(`--idiom must be one of ${IDIOMS.join(', ')}`);
+if (opt.jwt && opt.hmac) throw new Error('--jwt and --hmac are two different routes: pick one');
+if (opt.hmac && !['portcullis', 'empty', 'revision'].includes(idiom)) throw new Error('--hmac goes with --idiom portcullis, empty or revision');
+const PC_CONFIG = join(W, opt.jwt ? 'pc-jwt.yaml' : opt.hmac ? 'pc-hmac.yaml' : 'pc-mtls.yaml');
 
 type Handler = (req: IncomingMessage, res: ServerResponse) => void;
 const kEx = Symbol('exchange');
@@ -72,9 +76,17 @@ function readBody(req: IncomingMessage, done: (b: Buffer | 'aborted') => void): 
 let forwarder: ((req: IncomingMessage, res: ServerResponse) => void) | undefined;
 const forward: Handler = (req, res) => (forwarder ??= bareForwarder(PORTS.upstream))(req, res);
 
-/** Portcullis' request handler as its server wires it (src/server.ts), on the bench's config. */
-function portcullisHandler(): Handler {
-  const cfg = loadConfig(join(W, opt.jwt ? 'pc-jwt.yaml' : 'pc-mtls.yaml'));
+/** Portcullis' request handler as its server wires it (src/server.ts), on the bench's config, from the source tree at `root`. */
+async function portcullisHandler(root: string): Promise<Handler> {
+  const [{ loadConfig: load }, { Upstream }, { createHandler }, { connectionInfo }, { createLogger }, { createMetrics }] = await Promise.all([
+    import(join(root, 'src/config/load.ts')) as Promise<typeof import('../src/config/load.ts')>,
+    import(join(root, 'src/pipeline/upstream.ts')) as Promise<typeof import('../src/pipeline/upstream.ts')>,
+    import(join(root, 'src/pipeline/handle.ts')) as Promise<typeof import('../src/pipeline/handle.ts')>,
+    import(join(root, 'src/tls/peer.ts')) as Promise<typeof import('../src/tls/peer.ts')>,
+    import(join(root, 'src/log.ts')) as Promise<typeof import('../src/log.ts')>,
+    import(join(root, 'src/metrics.ts')) as Promise<typeof import('../src/metrics.ts')>,
+  ]);
+  const cfg = load(PC_CONFIG);
   const upstream = new Upstream(cfg.upstream);
   const conns = new WeakMap<TLSSocket, ConnectionInfo>();
   return createHandler({
@@ -91,8 +103,13 @@ function portcullisHandler(): Handler {
     accepting: () => true,
   }).onRequest;
 }
-let pcHandler: Handler | undefined;
-const portcullis: Handler = (req, res) => (pcHandler ??= portcullisHandler())(req, res);
+const ROOT = join(HERE, '..');
+// Loaded before the server starts, in the server process only (the other idioms need none).
+const usesPortcullis = opt.serve && !['end', 'close', 'body', 'proxy'].includes(idiom);
+const pcHandler = usesPortcullis ? await portcullisHandler(ROOT) : undefined;
+const portcullis: Handler = (req, res) => pcHandler!(req, res);
+const baseHandler = opt.serve && idiom === 'revision' ? await portcullisHandler(opt['base-dir']!) : undefined;
+const base: Handler = (req, res) => baseHandler!(req, res);
 const answer = (res: ServerResponse) => { res.writeHead(200, ['content-type', 'text/plain', 'content-length', '3']); res.end('ok\n'); };
 
 /** [mode 0, mode 1] for each idiom. */
@@ -120,6 +137,8 @@ const MODES: Record<Idiom, [Handler, Handler]> = {
   sni: [portcullis, portcullis],
   // The same handler both ways; the server's TLS 1.3 cipher-suite preference is switched with the mode.
   suites: [portcullis, portcullis],
+  // The handler of git revision --base against the working tree's.
+  revision: [base, portcullis],
 };
 
 if (opt.serve) {
@@ -183,14 +202,27 @@ if (opt.serve) {
     process.once('exit', () => upstream.kill('SIGKILL')); // also when a check below throws
     await waitPort(PORTS.upstream);
   }
-  const server = spawn('taskset', ['-c', '1', process.execPath, '--max-semi-space-size=16', fileURLToPath(import.meta.url), '--serve', '--idiom', idiom, ...(opt.handshake ? ['--handshake'] : []), ...(opt.jwt ? ['--jwt'] : [])], { stdio: ['ignore', 'pipe', 'inherit'] });
+  let baseDir: string[] = [];
+  if (idiom === 'revision') {
+    // The base revision's src/ beside the PKI; node_modules resolves from the checkout above it.
+    const commit = execFileSync('git', ['rev-parse', '--verify', `${opt.base}^{commit}`], { cwd: ROOT, encoding: 'utf8' }).trim();
+    const dir = join(W, `rev-${commit.slice(0, 12)}`);
+    if (!existsSync(join(dir, 'src'))) {
+      mkdirSync(dir, { recursive: true });
+      execFileSync('bash', ['-c', 'git archive "$1" src | tar -x -C "$2"', 'bash', commit, dir], { cwd: ROOT });
+    }
+    baseDir = ['--base-dir', dir];
+    process.stdout.write(`revision: mode 0 is ${opt.base} (${commit.slice(0, 12)}), mode 1 the working tree\n`);
+  }
+  const server = spawn('taskset', ['-c', '1', process.execPath, '--max-semi-space-size=16', fileURLToPath(import.meta.url), '--serve', '--idiom', idiom, ...baseDir, ...(opt.handshake ? ['--handshake'] : []), ...(opt.jwt ? ['--jwt'] : []), ...(opt.hmac ? ['--hmac'] : [])], { stdio: ['ignore', 'pipe', 'inherit'] });
   let out = '';
   server.stdout!.on('data', (d) => { out += String(d); });
   await waitPort(PORTS.proxy);
-  const body = idiom === 'body' ? ['-s', join(W, 'hmac.lua')] : [];
+  // The bench's signed 1 KiB POST, with a timestamp of now (pc-hmac.yaml accepts an hour's skew).
+  const body = idiom === 'body' || opt.hmac ? ['-s', writeHmacScript(join(W, 'idioms-hmac.lua'), '/bench', String(Math.floor(Date.now() / 1000)))] : [];
   const headers = opt.handshake ? ['-H', 'Connection: close'] : [];
   if (opt.jwt) headers.push('-H', `Authorization: Bearer ${readFileSync(join(W, 'token.txt'), 'utf8').trim()}`);
-  const wrk = spawn('taskset', ['-c', '0', 'wrk', '-t1', '-c50', `-d${opt.seconds}s`, ...body, ...headers, `https://127.0.0.1:${PORTS.proxy}/`], {
+  const wrk = spawn('taskset', ['-c', '0', 'wrk', '-t1', '-c50', `-d${opt.seconds}s`, ...body, ...headers, `https://127.0.0.1:${PORTS.proxy}${opt.hmac ? '/bench' : '/'}`], {
     stdio: ['ignore', 'pipe', 'pipe'],
     env: { ...process.env, LD_PRELOAD: join(W, 'wrk-mtls-shim.so'), WRK_CLIENT_CERT: join(W, 'client.crt'), WRK_CLIENT_KEY: join(W, 'client.key'), ...(opt.handshake ? { WRK_NO_RESUME: '1' } : {}) },
   });

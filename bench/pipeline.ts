@@ -9,7 +9,7 @@
 import { mkdirSync, writeFileSync, readFileSync } from 'node:fs';
 import { join, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { createHash, createHmac, generateKeyPairSync, sign, X509Certificate } from 'node:crypto';
+import { createHash, generateKeyPairSync, sign, X509Certificate } from 'node:crypto';
 import type { IncomingHttpHeaders } from 'node:http';
 import { parseArgs } from 'node:util';
 import { writeDevPki } from '../src/tls/pki.ts';
@@ -19,7 +19,7 @@ import { buildContext } from '../src/pipeline/context.ts';
 import { decide, policyFor, type Decision } from '../src/pipeline/decide.ts';
 import { upstreamRequest } from '../src/pipeline/headers.ts';
 import { isPromise } from '../src/pipeline/requirements.ts';
-import { median, policyYaml, portcullisYaml } from './common.ts';
+import { HMAC_AUTHENTICATOR, HMAC_BODY, hmacSignature, median, policyYaml, portcullisYaml } from './common.ts';
 
 const { values: opt } = parseArgs({ options: { rounds: { type: 'string', default: '7' }, iterations: { type: 'string', default: '100000' } } });
 const ROUNDS = Number(opt.rounds), N = Number(opt.iterations);
@@ -35,15 +35,14 @@ const now = Math.floor(Date.now() / 1000);
 const jwtInput = `${b64u({ alg: 'RS256', typ: 'JWT', kid: 'bench' })}.${b64u({ sub: 'bench-user', iss: 'https://bench.test', aud: 'bench', scope: 'read', iat: now, exp: now + 86400 })}`;
 const JWT = `${jwtInput}.${sign('sha256', Buffer.from(jwtInput), privateKey).toString('base64url')}`;
 const API_KEY = 'kapi_prod_BenchBenchBenchBenchBenchBench12';
-const HMAC_SECRET = 'bench-hmac-secret-0123456789abcdef';
-const BODY = Buffer.from(JSON.stringify({ data: 'x'.repeat(1024 - 12) }));
+const BODY = Buffer.from(HMAC_BODY);
 const TS = String(now);
-const SIG = createHmac('sha256', HMAC_SECRET).update(`POST/hmac/bench${TS}`).update(BODY).digest('hex');
+const SIG = hmacSignature('/hmac/bench', TS);
 
 writeFileSync(join(W, 'pipeline.yaml'), portcullisYaml({
   authenticators: `  jwt: { type: jwt, issuer: "https://bench.test", audience: bench, algorithms: [RS256], jwks: { file: jwks.json } }
   key: { type: apiKey, keys: [ { id: bench, hash: "sha256:${createHash('sha256').update(API_KEY).digest('hex')}", subject: bench } ] }
-  sig: { type: hmac, clients: [ { id: bench, secret: "${HMAC_SECRET}", subject: bench } ], message: [method, path, timestamp, body], requireNonce: false, maxSkewSec: 3600 }`,
+${HMAC_AUTHENTICATOR}`,
   policies: [policyYaml('mtls', 'cert'), policyYaml('jwt', '{ all: [cert, jwt] }'), policyYaml('apikey', '{ all: [cert, key] }'), policyYaml('hmac', '{ all: [cert, sig] }')].join('\n'),
 }));
 const cfg = loadConfig(join(W, 'pipeline.yaml'));

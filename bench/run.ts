@@ -6,10 +6,10 @@ import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { mkdirSync, writeFileSync, readFileSync, existsSync } from 'node:fs';
 import { join, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { createHash, createHmac, createPrivateKey, sign } from 'node:crypto';
+import { createHash, createPrivateKey, sign } from 'node:crypto';
 import { parseArgs } from 'node:util';
 import { cpus } from 'node:os';
-import { PORTS, cpuTicks, median, policyYaml, portcullisYaml, shimCounts, stop, waitPort } from './common.ts';
+import { HMAC_AUTHENTICATOR, PORTS, cpuTicks, median, policyYaml, portcullisYaml, shimCounts, stop, waitPort, writeHmacScript } from './common.ts';
 
 const HERE = dirname(fileURLToPath(import.meta.url));
 const ROOT = join(HERE, '..');
@@ -52,15 +52,8 @@ const jwtInput = `${b64u({ alg: 'RS256', typ: 'JWT', kid: 'bench' })}.${b64u({ s
 const JWT = `${jwtInput}.${sign('sha256', Buffer.from(jwtInput), createPrivateKey(readFileSync(join(W, 'jwt.key')))).toString('base64url')}`;
 writeFileSync(join(W, 'token.txt'), JWT);
 const API_KEY = 'kapi_prod_BenchBenchBenchBenchBenchBench12';
-const HMAC_SECRET = 'bench-hmac-secret-0123456789abcdef';
-const BODY = JSON.stringify({ data: 'x'.repeat(1024 - 12) });
 const TS = String(now);
-/** A wrk script sending one POST with a 1 KiB body, signed for `path`. */
-function hmacScript(file: string, path: string): string {
-  const sig = createHmac('sha256', HMAC_SECRET).update(`POST${path}${TS}${BODY}`).digest('hex');
-  writeFileSync(join(W, file), `wrk.method = "POST"\nwrk.body = ${JSON.stringify(BODY)}\nwrk.headers["Content-Type"] = "application/json"\nwrk.headers["X-API-Key"] = "bench"\nwrk.headers["X-Timestamp"] = "${TS}"\nwrk.headers["X-Signature"] = "${sig}"\n`);
-  return join(W, file);
-}
+const hmacScript = (file: string, path: string) => writeHmacScript(join(W, file), path, TS);
 hmacScript('hmac.lua', '/bench');
 const SHIM = join(W, 'wrk-mtls-shim.so');
 sh('cc', ['-shared', '-fPIC', '-O2', '-o', SHIM, join(HERE, 'wrk-mtls-shim.c'), '-ldl']);
@@ -91,7 +84,7 @@ const pcConfig = (name: string, auth: string, authenticate: string, policies?: s
 const AUTH = {
   jwt: '  jwt: { type: jwt, issuer: "https://bench.test", audience: bench, algorithms: [RS256], jwks: { file: jwks.json } }',
   key: `  key: { type: apiKey, keys: [ { id: bench, hash: "sha256:${createHash('sha256').update(API_KEY).digest('hex')}", subject: bench } ] }`,
-  sig: `  sig: { type: hmac, clients: [ { id: bench, secret: "${HMAC_SECRET}", subject: bench } ], message: [method, path, timestamp, body], requireNonce: false, maxSkewSec: 3600 }`,
+  sig: HMAC_AUTHENTICATOR,
 };
 const pc = (cfg: string) => () => startPinned(process.execPath, ['--max-semi-space-size=16', join(ROOT, 'bin/portcullis.js'), 'serve', '--config', cfg]);
 /** A bare Node reference server (bench/*.ts) on the proxy port, with the bench PKI; `upstream` passes the upstream's port. */

@@ -50,7 +50,14 @@ const BAD_VALUE = /[\0-\x08\x0a-\x1f\x7f\u0100-\uffff]/;
 const BAD_TARGET = /[^\x21-\x7e\x80-\xff]/;
 /** A chunk-size line: at most 8 hex digits (4 GiB), optional extensions (RFC 9112 §7.1). */
 const CHUNK_SIZE = /^([0-9A-Fa-f]{1,8})(?:[\t ]*;[\t\x20-\x7e\x80-\xff]*)?$/;
-const STATUS_LINE = /^HTTP\/1\.([01]) ([1-9]\d\d)(?: [\t\x20-\x7e\x80-\xff]*)?$/;
+/**
+ * A response head is read with two sticky expressions, each match one whole line with its
+ * CRLF: the status line, then each field line as a token name, a colon and a value whose
+ * surrounding SP/HTAB (OWS) is left out. A line either expression refuses (obs-fold, a space
+ * before the colon, a control character, a bare CR or LF) fails the response.
+ */
+const STATUS_LINE = /HTTP\/1\.([01]) ([1-9]\d\d)(?: [\t\x20-\x7e\x80-\xff]*)?\r\n/y;
+const FIELD_LINE = /([!#$%&'*+\-.^_`|~0-9A-Za-z]+):[\t ]*((?:[\t\x20-\x7e\x80-\xff]*[\x21-\x7e\x80-\xff])?)[\t ]*\r\n/y;
 const IDEMPOTENT = new Set(['GET', 'HEAD', 'OPTIONS', 'PUT', 'DELETE', 'TRACE']);
 const EXPECTS_BODY = new Set(['POST', 'PUT', 'PATCH']);
 /**
@@ -245,7 +252,7 @@ class Conn {
             return;
           }
           if (end - i > MAX_HEAD_BYTES) return this.fail('UPSTREAM_HEAD_TOO_LARGE', false);
-          const head = d.toString('latin1', i, end);
+          const head = d.toString('latin1', i, end + 2);
           i = end + 4;
           if (!this.parseHead(head)) return;
           break;
@@ -332,10 +339,13 @@ class Conn {
     return this.sharedReads ? Buffer.from(b) : b;
   }
 
-  /** One response head (a 1xx is consumed and the final one awaited); false when the exchange ended in an error. */
+  /**
+   * One response head, each line with its CRLF (a 1xx is consumed and the final one
+   * awaited); false when the exchange ended in an error.
+   */
   parseHead(head: string): boolean {
-    const lines = head.split('\r\n');
-    const m = STATUS_LINE.exec(lines[0]!);
+    STATUS_LINE.lastIndex = 0;
+    const m = STATUS_LINE.exec(head);
     if (!m) { this.fail('UPSTREAM_BAD_STATUS_LINE', false); return false; }
     const http10 = m[1] === '0';
     const status = Number(m[2]);
@@ -344,13 +354,13 @@ class Conn {
     let te: string | undefined;
     let close = http10, keepAliveToken = false;
     let hintMs = -1;
-    for (let k = 1; k < lines.length; k++) {
-      const line = lines[k]!;
-      const colon = line.indexOf(':');
-      const name = colon > 0 ? line.slice(0, colon) : '';
-      if (!TOKEN.test(name)) { this.fail('UPSTREAM_BAD_HEADER', false); return false; } // also obs-fold and bare CR/LF
-      const value = line.slice(colon + 1).trim();
-      if (BAD_VALUE.test(value)) { this.fail('UPSTREAM_BAD_HEADER', false); return false; }
+    let at = STATUS_LINE.lastIndex;
+    while (at < head.length) {
+      FIELD_LINE.lastIndex = at;
+      const f = FIELD_LINE.exec(head);
+      if (!f) { this.fail('UPSTREAM_BAD_HEADER', false); return false; }
+      at = FIELD_LINE.lastIndex;
+      const name = f[1]!, value = f[2]!;
       switch (name.length) {
         case 10:
           if (name.toLowerCase() === 'connection') {

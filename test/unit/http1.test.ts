@@ -126,6 +126,21 @@ t.test('Content-Length, chunked (extensions, trailers) and close-delimited bodie
   }
 });
 
+t.test('field lines: OWS around a value is dropped, obs-text and inner spaces kept, an empty value relayed, no headers at all', async (t) => {
+  const responses: Record<string, string> = {
+    '/ows': 'HTTP/1.1 200 OK\r\nX-Spaced: \t two  words \t\r\nX-Empty:\r\nX-Blank:   \r\nX-Latin: caf\xe9\xa0\r\nContent-Length:2\r\n\r\nok',
+    '/bare': 'HTTP/1.1 204\r\n\r\n',
+  };
+  const up = await raw(t, (s, req) => s.write(Buffer.from(responses[/^GET (\S+)/.exec(req)![1]!]!, 'latin1')));
+  const p = pool(t, up.port);
+  const g = await get(p, '/ows');
+  t.same([g.error, g.status, g.body.toString()], [undefined, 200, 'ok']);
+  t.same(g.headers, ['X-Spaced', 'two  words', 'X-Empty', '', 'X-Blank', '', 'X-Latin', 'caf\xe9\xa0', 'Content-Length', '2'], 'names as sent, values without their OWS');
+  const b = await get(p, '/bare');
+  t.same([b.error, b.status, b.headers], [undefined, 204, []], 'a status line with no reason phrase and no header');
+  t.equal(up.conns(), 1, 'both on one kept-alive connection');
+});
+
 t.test('1xx responses are skipped; HEAD, 204 and 304 have no body whatever their headers say', async (t) => {
   const up = await raw(t, (s, req) => {
     if (req.startsWith('HEAD')) s.write('HTTP/1.1 200 OK\r\nContent-Length: 5000\r\n\r\n');
@@ -152,6 +167,11 @@ t.test('responses that could desynchronise a reused connection are refused, and 
     ['a space before the colon', 'HTTP/1.1 200 OK\r\nContent-Length : 0\r\n\r\n', 'UPSTREAM_BAD_HEADER'],
     ['a bare LF inside the head', 'HTTP/1.1 200 OK\r\nX-A: 1\nContent-Length: 0\r\n\r\n', 'UPSTREAM_BAD_HEADER'],
     ['a control character in a value', 'HTTP/1.1 200 OK\r\nX-A: a\x01b\r\nContent-Length: 0\r\n\r\n', 'UPSTREAM_BAD_HEADER'],
+    ['a bare CR inside a value', 'HTTP/1.1 200 OK\r\nX-A: a\rb\r\nContent-Length: 0\r\n\r\n', 'UPSTREAM_BAD_HEADER'],
+    ['a vertical tab at the end of a value (not OWS)', 'HTTP/1.1 200 OK\r\nX-A: a\x0b\r\nContent-Length: 0\r\n\r\n', 'UPSTREAM_BAD_HEADER'],
+    ['a field line without a colon', 'HTTP/1.1 200 OK\r\nX-A\r\nContent-Length: 0\r\n\r\n', 'UPSTREAM_BAD_HEADER'],
+    ['an empty field name', 'HTTP/1.1 200 OK\r\n: a\r\nContent-Length: 0\r\n\r\n', 'UPSTREAM_BAD_HEADER'],
+    ['a bare LF ending the status line', 'HTTP/1.1 200 OK\nContent-Length: 0\r\n\r\n', 'UPSTREAM_BAD_STATUS_LINE'],
     ['not HTTP/1.x', 'HTTP/2.0 200 OK\r\nContent-Length: 0\r\n\r\n', 'UPSTREAM_BAD_STATUS_LINE'],
     ['a status that is not three digits', 'HTTP/1.1 20 OK\r\nContent-Length: 0\r\n\r\n', 'UPSTREAM_BAD_STATUS_LINE'],
     ['an unasked-for 101', 'HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\n\r\n', 'UPSTREAM_UNEXPECTED_UPGRADE'],

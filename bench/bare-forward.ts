@@ -25,7 +25,7 @@ export function bareForwarder(upstreamPort: number): (req: IncomingMessage, res:
         res.writeHead(status, out);
       },
       onData: (c) => res.write(c) || (res.once('drain', () => pool.resume(ex)), false),
-      onComplete: (last) => (last ? res.end(last) : res.end()),
+      onComplete: (last) => (last !== undefined ? res.end(last, 'latin1') : res.end()),
       onError: () => { if (!res.headersSent) { res.writeHead(502); res.end(); } else res.destroy(); },
     });
   };

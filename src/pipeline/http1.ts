@@ -24,8 +24,11 @@ export interface ExchangeHandler {
   /**
    * The response is whole. `last`: the body's final piece, when it arrived in the same read
    * as the response's end (most small responses): the relay can write it and end at once.
+   * Up to LAST_AS_STRING bytes it comes as a latin1 string (one byte per character), which
+   * Node's response writes together with its head as one string: one socket write, no
+   * Buffer copied out of the read.
    */
-  onComplete(last?: Buffer): void;
+  onComplete(last?: Buffer | string): void;
   /** `code`: a Node error code or one of this module's (`UPSTREAM_*`); `timeout`: no answer in time. */
   onError(code: string, timeout: boolean): void;
 }
@@ -42,6 +45,8 @@ export interface PoolOptions {
 
 const MAX_HEAD_BYTES = 64 * 1024;
 const MAX_CHUNK_LINE = 1024;
+/** A final body piece up to this size (a TLS record's worth) is handed over as a latin1 string. */
+export const LAST_AS_STRING = 16 * 1024;
 const CRLFCRLF = Buffer.from('\r\n\r\n');
 const TOKEN = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
 /** A field value may hold HTAB, visible ASCII, SP and obs-text; nothing else (RFC 9110 §5.5). */
@@ -134,7 +139,8 @@ class Conn {
   pending: Buffer | null = null;
   /**
    * The latest body piece of this read, not yet handed over: if the response ends in the
-   * same read it goes with onComplete, else to onData when the read has been parsed.
+   * same read it goes with onComplete, else to onData when the read has been parsed. It may
+   * still point into READ_BUFFER: whatever hands it over copies it first (`keep`).
    */
   held: Buffer | null = null;
   /** Reads land in READ_BUFFER (plain TCP): copy what is kept past the read. */
@@ -326,12 +332,12 @@ class Conn {
   deliver(chunk: Buffer): void {
     if (!chunk.length) return;
     if (this.held !== null) this.hand(this.held);
-    this.held = this.keep(chunk);
+    this.held = chunk;
   }
 
   hand(chunk: Buffer): void {
     this.held = null;
-    if (!this.ex!.handler.onData(chunk)) { this.paused = true; this.socket.pause(); }
+    if (!this.ex!.handler.onData(this.keep(chunk))) { this.paused = true; this.socket.pause(); }
   }
 
   /** `b` as a buffer that outlives this read. */
@@ -419,8 +425,9 @@ class Conn {
   /** The response is whole: the exchange ends, and the connection goes back to the pool if it can. */
   complete(): void {
     const ex = this.ex!;
-    const last = this.held ?? undefined;
+    const held = this.held;
     this.held = null;
+    const last = held === null ? undefined : held.length <= LAST_AS_STRING ? held.toString('latin1') : this.keep(held);
     ex.conn = null;
     this.ex = null;
     this.phase = Phase.Idle;
@@ -469,7 +476,7 @@ class Conn {
     ex.conn = null;
     if (ex.cancelled) return;
     // What arrived before the fault still reaches the client, as it would have unheld.
-    if (held !== null) ex.handler.onData(held);
+    if (held !== null) ex.handler.onData(this.keep(held));
     // A reused connection the upstream had already closed: send an idempotent request again, once.
     if (!this.sawResponseByte && !timeout && this.uses > 1 && !ex.retried && IDEMPOTENT.has(ex.method) && !(ex.body !== null && !Buffer.isBuffer(ex.body))) {
       ex.retried = true;

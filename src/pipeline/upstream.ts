@@ -91,10 +91,11 @@ class Relay implements ExchangeHandler {
     return false;
   }
 
-  onComplete(last?: Buffer): void {
+  onComplete(last?: Buffer | string): void {
     this.#f.onComplete();
-    // The final piece and the end in one call: Node then writes once, with no extra tick.
-    if (last) this.#res.end(last);
+    // The final piece and the end in one call: Node then writes once, with no extra tick;
+    // a string piece (latin1 bytes) goes out in one string with the head.
+    if (last !== undefined) this.#res.end(last, 'latin1');
     else this.#res.end();
   }
 

@@ -77,6 +77,30 @@ t.test('bodies are streamed byte-for-byte', async (t) => {
   t.equal(h.seen.at(-1)!.headers['content-type'], 'application/octet-stream');
 });
 
+t.test('small binary responses arrive byte-for-byte: every byte value, with Content-Length and chunked', async (t) => {
+  // Up to 16 KiB the proxy writes the final piece of a response with its head as one latin1
+  // string: a UTF-8 slip would change every byte from 0x80 up.
+  const every = Buffer.from(Array.from({ length: 256 }, (_, k) => k));
+  const bodies: Record<string, Buffer> = { '/one': every.subarray(0xfe), '/every': every, '/2k': Buffer.concat(Array.from({ length: 8 }, () => every)), '/16k': Buffer.concat(Array.from({ length: 64 }, () => every)) };
+  const h = await startHarness(fx, baseConfig(policies), {
+    upstreamHandler: (req, res) => {
+      const [path, framing] = req.url!.split('?');
+      const b = bodies[path!]!;
+      if (framing === 'chunked') { res.writeHead(200, { 'content-type': 'application/octet-stream' }); res.end(b); }
+      else { res.writeHead(200, { 'content-type': 'application/octet-stream', 'content-length': b.length }); res.end(b); }
+    },
+  });
+  t.teardown(() => h.close());
+  for (const [path, b] of Object.entries(bodies)) {
+    for (const framing of ['length', 'chunked']) {
+      const r = await request(h, fx, { path: `${path}?${framing}` });
+      t.equal(r.status, 200);
+      t.ok(r.bytes.equals(b), `${path} (${b.length} bytes, ${framing}): every byte unchanged`);
+      if (framing === 'length') t.equal(r.headers['content-length'], String(b.length), 'Content-Length relayed');
+    }
+  }
+});
+
 t.test('large responses to a client that stops reading and one that does not: the upstream is held back, and every byte arrives in order', async (t) => {
   // 64 MiB per response, chunked, in 16 KiB pieces (several to a read), each numbered and
   // different per response, so a piece relayed twice, late, overwritten or to the wrong

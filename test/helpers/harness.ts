@@ -83,7 +83,7 @@ export async function startHarness(fx: Fixture, yaml: string, opts: { upstreamPo
   };
 }
 
-export interface Res { status: number; headers: http.IncomingHttpHeaders; body: string; json: any }
+export interface Res { status: number; headers: http.IncomingHttpHeaders; body: string; json: any; bytes: Buffer }
 
 export interface ReqOpts {
   method?: string;
@@ -116,10 +116,11 @@ export function request(h: { port: number }, fx: Fixture, o: ReqOpts = {}): Prom
       res.on('error', reject);
       res.on('close', () => { if (!res.complete) reject(Object.assign(new Error('response aborted'), { code: 'ECONNRESET' })); });
       res.on('end', () => {
-        const body = Buffer.concat(chunks).toString('utf8');
+        const bytes = Buffer.concat(chunks);
+        const body = bytes.toString('utf8');
         let json: any;
         try { json = JSON.parse(body); } catch { json = undefined; }
-        resolve({ status: res.statusCode!, headers: res.headers, body, json });
+        resolve({ status: res.statusCode!, headers: res.headers, body, json, bytes });
       });
     });
     req.on('socket', (s) => {

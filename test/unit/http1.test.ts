@@ -6,12 +6,12 @@ import t from 'tap';
 import { createServer, type Socket } from 'node:net';
 import tls from 'node:tls';
 import { Readable } from 'node:stream';
-import { Http1Pool, type ExchangeHandler } from '../../src/pipeline/http1.ts';
+import { Http1Pool, LAST_AS_STRING, type ExchangeHandler } from '../../src/pipeline/http1.ts';
 import { issue } from '../../src/tls/pki.ts';
 
 type T = { teardown(fn: () => unknown): void };
 
-interface Got { status?: number; headers?: string[]; body: Buffer; error?: string; timeout?: boolean; pieces: number; last?: number }
+interface Got { status?: number; headers?: string[]; body: Buffer; error?: string; timeout?: boolean; pieces: number; last?: number; lastAs?: string }
 
 /**
  * A handler that collects one response; `slow` makes it refuse data (backpressure) until
@@ -37,10 +37,12 @@ function collect(o: { slowFor?: number; pool?: () => Http1Pool; ex?: () => unkno
       return true;
     },
     onComplete(last) {
-      if (last) {
-        got.last = last.length;
-        if (o.keep) o.keep.push(last);
-        else got.body = Buffer.concat([got.body, last]);
+      if (last !== undefined) {
+        const b = typeof last === 'string' ? Buffer.from(last, 'latin1') : last;
+        got.last = b.length;
+        got.lastAs = typeof last;
+        if (o.keep) o.keep.push(b);
+        else got.body = Buffer.concat([got.body, b]);
       }
       resolve(got);
     },
@@ -124,6 +126,25 @@ t.test('Content-Length, chunked (extensions, trailers) and close-delimited bodie
     }
     t.equal(hdr(await get(p, '/length'), 'x-up'), 'yes', 'headers as sent');
   }
+});
+
+t.test('the final piece of a body read whole: a latin1 string up to LAST_AS_STRING bytes, byte for byte; a Buffer above', async (t) => {
+  // Every byte value, so a wrong encoding (UTF-8 for the string) would show.
+  const every = Buffer.from(Array.from({ length: 256 }, (_, k) => k));
+  const small = Buffer.concat(Array.from({ length: 8 }, () => every)); // 2 KiB
+  const large = Buffer.concat(Array.from({ length: LAST_AS_STRING / 256 + 4 }, () => every)); // 17 KiB
+  const up = await raw(t, (s, req) => {
+    const body = /^GET \/small/.test(req) ? small : large;
+    s.write(Buffer.concat([Buffer.from(`HTTP/1.1 200 OK\r\nContent-Length: ${body.length}\r\n\r\n`), body]));
+  });
+  const p = pool(t, up.port);
+  const a = await get(p, '/small');
+  t.same([a.pieces, a.last, a.lastAs], [0, small.length, 'string'], '2 KiB in one read: the whole body with the end, as a string');
+  t.ok(a.body.equals(small), 'every byte value arrives unchanged');
+  const b = await get(p, '/large');
+  t.equal(b.error, undefined);
+  t.ok(b.body.equals(large), '17 KiB arrives unchanged');
+  if (b.last !== undefined) t.equal(b.lastAs, b.last > LAST_AS_STRING ? 'object' : 'string', 'a final piece over the limit stays a Buffer');
 });
 
 t.test('field lines: OWS around a value is dropped, obs-text and inner spaces kept, an empty value relayed, no headers at all', async (t) => {

@@ -145,6 +145,8 @@ if (opt.serve) {
   // The server: modes alternate every second; CPU per request per slice from process.cpuUsage().
   let mode = 0, n = 0, last = process.cpuUsage(), warm = false;
   const slices: [number[], number[]] = [[], []];
+  /** Every counted slice in time order, for the drift-corrected ratio. */
+  const seq: { mode: number; v: number }[] = [];
   const modes = MODES[idiom];
   // The sni and suites idioms serve Portcullis' own TLS settings (ticket keys, session context,
   // ciphers), as src/server.ts does, so that only the callback or the suite order differs.
@@ -177,7 +179,7 @@ if (opt.serve) {
   setInterval(() => {
     const u = process.cpuUsage(last);
     last = process.cpuUsage();
-    if (warm && n > 0) slices[mode]!.push((u.user + u.system) / n);
+    if (warm && n > 0) { slices[mode]!.push((u.user + u.system) / n); seq.push({ mode, v: (u.user + u.system) / n }); }
     if (n > (opt.handshake ? 100 : 1000)) warm = true; // the first busy slice warms the JIT and is not counted
     n = 0;
     mode ^= 1;
@@ -188,7 +190,15 @@ if (opt.serve) {
   process.on('SIGTERM', () => {
     const pairs = Math.min(slices[0].length, slices[1].length);
     const ratios = Array.from({ length: pairs }, (_, i) => slices[1][i]! / slices[0][i]!);
-    process.stdout.write(JSON.stringify({ mode0: median(slices[0]), mode1: median(slices[1]), ratio: median(ratios), min: Math.min(...ratios), max: Math.max(...ratios), pairs, closedCount }));
+    // Mode 1 always runs in the second after mode 0, so a machine that slows or speeds up
+    // over the run tilts the paired ratio. Each mode 1 slice against the mean of the mode 0
+    // slices either side of it cancels a linear drift.
+    const between: number[] = [];
+    for (let i = 1; i + 1 < seq.length; i++) {
+      const [a, b, c] = [seq[i - 1]!, seq[i]!, seq[i + 1]!];
+      if (b.mode === 1 && a.mode === 0 && c.mode === 0) between.push(b.v / ((a.v + c.v) / 2));
+    }
+    process.stdout.write(JSON.stringify({ mode0: median(slices[0]), mode1: median(slices[1]), ratio: median(ratios), min: Math.min(...ratios), max: Math.max(...ratios), pairs, between: between.length ? median(between) : NaN, closedCount }));
     process.exit(0);
   });
 } else {
@@ -239,9 +249,9 @@ if (opt.serve) {
   // Both modes must answer 200: a refusal is cheaper than forwarding and would flatter its mode.
   const bad = /Non-2xx or 3xx responses: (\d+)/.exec(wrkOut);
   if (bad) throw new Error(`${bad[1]} responses were not 2xx/3xx; the figures would not compare forwarded requests:\n${wrkOut}`);
-  const r = JSON.parse(out) as { mode0: number; mode1: number; ratio: number; min: number; max: number; pairs: number };
+  const r = JSON.parse(out) as { mode0: number; mode1: number; ratio: number; min: number; max: number; pairs: number; between: number | null };
   if (!r.pairs) throw new Error(`no pair of warm 1-s slices in ${opt.seconds} s (run longer with --seconds); wrk said:\n${wrkOut}${wrkErr}`);
   const rps = /Requests\/sec:\s+([\d.]+)/.exec(wrkOut)?.[1];
   const per = opt.handshake ? 'handshake' : 'req';
-  process.stdout.write(`${idiom}${opt.handshake ? ` (full handshakes, ${handshakes} of them, none resumed)` : ''}: mode 0 ${r.mode0.toFixed(2)} µs/${per}, mode 1 ${r.mode1.toFixed(2)} µs/${per}; mode 1 ÷ mode 0, median of ${r.pairs} paired 1-s slices: ${r.ratio.toFixed(3)} (${r.min.toFixed(2)}–${r.max.toFixed(2)}); ${rps} req/s overall\n`);
+  process.stdout.write(`${idiom}${opt.handshake ? ` (full handshakes, ${handshakes} of them, none resumed)` : ''}: mode 0 ${r.mode0.toFixed(2)} µs/${per}, mode 1 ${r.mode1.toFixed(2)} µs/${per}; mode 1 ÷ mode 0, median of ${r.pairs} paired 1-s slices: ${r.ratio.toFixed(3)} (${r.min.toFixed(2)}–${r.max.toFixed(2)}); against the mode 0 slices either side: ${r.between?.toFixed(3) ?? '-'}; ${rps} req/s overall\n`);
 }

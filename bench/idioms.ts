@@ -50,6 +50,8 @@ const IDIOMS = ['end', 'close', 'body', 'proxy', 'portcullis', 'empty', 'sni', '
 type Idiom = (typeof IDIOMS)[number];
 const { values: opt } = parseArgs({ options: { idiom: { type: 'string', default: 'end' }, seconds: { type: 'string', default: '40' }, serve: { type: 'boolean', default: false }, handshake: { type: 'boolean', default: false }, jwt: { type: 'boolean', default: false }, hmac: { type: 'boolean', default: false }, base: { type: 'string', default: 'HEAD' }, 'base-dir': { type: 'string' } } });
 const idiom = opt.idiom as Idiom;
+/** The idioms whose server answers each request itself: no upstream, no Portcullis handler. */
+const ANSWERS_ITSELF: readonly Idiom[] = ['end', 'close', 'body'];
 if (!IDIOMS.includes(idiom)) throw new Error(`--idiom must be one of ${IDIOMS.join(', ')}`);
 if (opt.jwt && opt.hmac) throw new Error('--jwt and --hmac are two different routes: pick one');
 if (opt.hmac && !['portcullis', 'empty', 'revision'].includes(idiom)) throw new Error('--hmac goes with --idiom portcullis, empty or revision');
@@ -105,7 +107,7 @@ async function portcullisHandler(root: string): Promise<Handler> {
 }
 const ROOT = join(HERE, '..');
 // Loaded before the server starts, in the server process only (the other idioms need none).
-const usesPortcullis = opt.serve && !['end', 'close', 'body', 'proxy'].includes(idiom);
+const usesPortcullis = opt.serve && !ANSWERS_ITSELF.includes(idiom) && idiom !== 'proxy';
 const pcHandler = usesPortcullis ? await portcullisHandler(ROOT) : undefined;
 const portcullis: Handler = (req, res) => pcHandler!(req, res);
 const baseHandler = opt.serve && idiom === 'revision' ? await portcullisHandler(opt['base-dir']!) : undefined;
@@ -198,16 +200,15 @@ if (opt.serve) {
       const [a, b, c] = [seq[i - 1]!, seq[i]!, seq[i + 1]!];
       if (b.mode === 1 && a.mode === 0 && c.mode === 0) between.push(b.v / ((a.v + c.v) / 2));
     }
-    process.stdout.write(JSON.stringify({ mode0: median(slices[0]), mode1: median(slices[1]), ratio: median(ratios), min: Math.min(...ratios), max: Math.max(...ratios), pairs, between: between.length ? median(between) : NaN, closedCount }));
+    process.stdout.write(JSON.stringify({ mode0: median(slices[0]), mode1: median(slices[1]), ratio: median(ratios), min: Math.min(...ratios), max: Math.max(...ratios), pairs, between: between.length ? median(between) : null, closedCount }));
     process.exit(0);
   });
 } else {
   for (const f of ['server.crt', 'client.crt', 'wrk-mtls-shim.so']) {
     if (!existsSync(join(W, f))) throw new Error(`bench/.work/${f} is missing: run \`npm run bench\` once first`);
   }
-  // All but the first three idioms forward to the benchmark's upstream (nginx `return 200`), on the server's core as in `npm run bench`.
-  const forwards = idiom !== 'end' && idiom !== 'close' && idiom !== 'body';
-  const upstream = forwards ? spawn('taskset', ['-c', '1', 'nginx', '-c', join(W, 'upstream.nginx.conf')], { stdio: 'ignore' }) : undefined;
+  // The other idioms forward to the benchmark's upstream (nginx `return 200`), on the server's core as in `npm run bench`.
+  const upstream = !ANSWERS_ITSELF.includes(idiom) ? spawn('taskset', ['-c', '1', 'nginx', '-c', join(W, 'upstream.nginx.conf')], { stdio: 'ignore' }) : undefined;
   if (upstream) {
     process.once('exit', () => upstream.kill('SIGKILL')); // also when a check below throws
     await waitPort(PORTS.upstream);

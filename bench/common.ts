@@ -76,14 +76,15 @@ export function cpuTicks(pid: number | undefined): number {
 export const median = (xs: number[]) => { const s = [...xs].sort((a, b) => a - b); const n = s.length; return n % 2 ? s[(n - 1) / 2]! : (s[n / 2 - 1]! + s[n / 2]!) / 2; };
 
 /**
- * The wrk shim's counts (handshakes, resumed, TLS 1.3) from wrk's output. For a run meant to
+ * The wrk shim's counts (handshakes, resumed, TLS 1.3, and wrk's calls of SSL_connect: about 2
+ * per handshake, or hundreds with WRK_CONNECT_SPIN) from wrk's output. For a run meant to
  * measure full handshakes, throws if the shim printed none or any session resumed: the
  * figure would then flatter the server.
  */
-export function shimCounts(output: string, fullHandshakes: boolean): { handshakes: number; resumed: number; tls13: number } {
-  const m = /wrk-mtls-shim: (\d+) handshakes, (\d+) resumed, (\d+) TLSv1\.3/.exec(output);
+export function shimCounts(output: string, fullHandshakes: boolean): { handshakes: number; resumed: number; tls13: number; connectCalls: number } {
+  const m = /wrk-mtls-shim: (\d+) handshakes, (\d+) resumed, (\d+) TLSv1\.3(?:, (\d+) SSL_connect calls)?/.exec(output);
   if (fullHandshakes && !m) throw new Error('the wrk shim reported no handshake count (is wrk linked against libssl?); resumptions cannot be ruled out');
-  const c = m ? { handshakes: Number(m[1]), resumed: Number(m[2]), tls13: Number(m[3]) } : { handshakes: NaN, resumed: NaN, tls13: NaN };
+  const c = m ? { handshakes: Number(m[1]), resumed: Number(m[2]), tls13: Number(m[3]), connectCalls: Number(m[4] ?? NaN) } : { handshakes: NaN, resumed: NaN, tls13: NaN, connectCalls: NaN };
   if (fullHandshakes && c.resumed !== 0) throw new Error(`${c.resumed} of ${c.handshakes} handshakes resumed a session; the full-handshake figure would be wrong`);
   return c;
 }

@@ -137,8 +137,8 @@ interface Run {
   rps: number; p50: number; p99: number; errors: number; cpuUs: number;
   /** wrk's own CPU over its life, as a share of the one core it is pinned to (1 = saturated). */
   loadCpu: number;
-  /** Handshakes wrk completed, how many resumed, how many were TLS 1.3 (from the shim). */
-  handshakes: number; resumed: number; tls13: number;
+  /** Handshakes wrk completed, how many resumed, how many were TLS 1.3, its SSL_connect calls (from the shim). */
+  handshakes: number; resumed: number; tls13: number; connectCalls: number;
 }
 const ms = (v: string, unit: string) => Number(v) * ({ us: 0.001, ms: 1, s: 1000 }[unit] ?? NaN);
 function wrk(t: Target, handshake: boolean, pid?: number, seconds = SECONDS): Promise<Run> {
@@ -270,7 +270,7 @@ const pairTable = pairRows.length ? `\nAuthentication cost in one Portcullis pro
 ${pairRows.join('\n')}
 ` : '';
 const allHs = [...results.values()].flatMap((xs) => xs.flatMap((x) => (x.hs ? [x.hs] : [])));
-const handshakeTotal = allHs.reduce((a, r) => a + r.handshakes, 0), resumedTotal = allHs.reduce((a, r) => a + r.resumed, 0), tls13Total = allHs.reduce((a, r) => a + r.tls13, 0);
+const handshakeTotal = allHs.reduce((a, r) => a + r.handshakes, 0), resumedTotal = allHs.reduce((a, r) => a + r.resumed, 0), tls13Total = allHs.reduce((a, r) => a + r.tls13, 0), callsTotal = allHs.reduce((a, r) => a + r.connectCalls, 0);
 const version = (cmd: string, args: string[]) => { const r = spawnSync(cmd, args, { encoding: 'utf8' }); return (r.stdout + r.stderr).split('\n').find((l) => l.trim())?.trim() ?? '?'; };
 const table = [
   `| configuration | keep-alive req/s, median (min–max) | × nginx | × Node floor | proxy CPU µs/req | p50 ms | p99 ms | p99 × nginx | full handshakes/s, median (min–max) | × nginx | proxy CPU µs/handshake | handshake capacity × nginx (its CPU ÷ this CPU) | wrk CPU %, keep-alive / handshakes | peak RSS MiB |`,
@@ -284,7 +284,7 @@ Command: \`npm run bench -- --rounds ${ROUNDS} --seconds ${SECONDS} --connection
 ${table}
 ${authTable}${pairTable}
 Ratios are computed per round against the reference measured in the same round, then the median is taken.
-Full handshakes: every connection sends one request with \`Connection: close\` and negotiates a new session (the wrk shim drops the previous one and counts resumptions: ${resumedTotal} of ${handshakeTotal}; ${tls13Total} of them TLS 1.3). When wrk's CPU is near 100 %, the handshake rate is the load generator's limit as much as the server's; the proxy's CPU per handshake is then the fairer comparison.
+Full handshakes: every connection sends one request with \`Connection: close\` and negotiates a new session (the wrk shim drops the previous one and counts resumptions: ${resumedTotal} of ${handshakeTotal}; ${tls13Total} of them TLS 1.3; wrk called SSL_connect ${(callsTotal / handshakeTotal).toFixed(1)} times per handshake, the shim having it wait for the server's flight instead of polling). When wrk's CPU is near 100 %, the handshake rate is the load generator's limit as much as the server's; the proxy's CPU per handshake is then the fairer comparison.
 `;
 console.log(report);
 if (opt.out) {

@@ -258,6 +258,15 @@ const rows = targets.map((t) => {
 const authRows = targets.filter((t) => t.name.startsWith('pc-') && t.name !== 'pc-mtls' && results.has('pc-mtls')).map((t) =>
   `| ${t.label} | ${fmt(ratio(t.name, 'pc-mtls', (x) => x.ka.rps), 2)} | ${fmt(ratio('pc-mtls', t.name, (x) => x.ka.cpuUs), 2)} |`);
 const authTable = authRows.length ? `\n| route vs Portcullis mTLS-only | req/s ratio | CPU-per-request ratio (mTLS-only ÷ route) |\n|---|---|---|\n${authRows.join('\n')}\n` : '';
+// Portcullis verifying each token once against HAProxy verifying every token (issue 6's
+// moonshot), round by round: by rate, and by CPU per request (HAProxy's ÷ Portcullis').
+const perRound = (a: string, b: string, f: (s: Sample) => number) => {
+  const xs = results.get(a), ys = results.get(b);
+  return xs && ys ? xs.map((s, i) => (ys[i] ? f(s) / f(ys[i]!) : NaN)).filter(Number.isFinite) : [];
+};
+const versus = (xs: number[]) => `${fmt(median(xs), 2)} (${range(xs, 2)}); rounds ${xs.map((x) => fmt(x, 2)).join(', ')}`;
+const jwtRate = perRound('pc-jwt', 'haproxy-jwt', (x) => x.ka.rps), jwtCpu = perRound('haproxy-jwt', 'pc-jwt', (x) => x.ka.cpuUs);
+const jwtTable = jwtRate.length ? `\n| Portcullis mTLS + RS256 JWT ÷ HAProxy mTLS + jwt_verify RS256, same round | median (min–max); each round |\n|---|---|\n| req/s | ${versus(jwtRate)} |\n| CPU per request (HAProxy's ÷ Portcullis') | ${versus(jwtCpu)} |\n` : '';
 const pairRows = TARGETS.filter((t) => pairs.some((p) => p.route === t.name)).map((t) => {
   const ps = pairs.filter((p) => p.route === t.name);
   const cell = (xs: number[]) => `${fmt(median(xs), 2)} (${range(xs, 2)})`;
@@ -271,6 +280,7 @@ ${pairRows.join('\n')}
 ` : '';
 const allHs = [...results.values()].flatMap((xs) => xs.flatMap((x) => (x.hs ? [x.hs] : [])));
 const handshakeTotal = allHs.reduce((a, r) => a + r.handshakes, 0), resumedTotal = allHs.reduce((a, r) => a + r.resumed, 0), tls13Total = allHs.reduce((a, r) => a + r.tls13, 0), callsTotal = allHs.reduce((a, r) => a + r.connectCalls, 0);
+const handshakeNote = handshakeTotal ? `Full handshakes: every connection sends one request with \`Connection: close\` and negotiates a new session (the wrk shim drops the previous one and counts resumptions: ${resumedTotal} of ${handshakeTotal}; ${tls13Total} of them TLS 1.3; wrk called SSL_connect ${(callsTotal / handshakeTotal).toFixed(1)} times per handshake, the shim having it wait for the server's flight instead of polling). When wrk's CPU is near 100 %, the handshake rate is the load generator's limit as much as the server's; the proxy's CPU per handshake is then the fairer comparison.` : 'Full handshakes: not measured (--no-handshake).';
 const version = (cmd: string, args: string[]) => { const r = spawnSync(cmd, args, { encoding: 'utf8' }); return (r.stdout + r.stderr).split('\n').find((l) => l.trim())?.trim() ?? '?'; };
 const table = [
   `| configuration | keep-alive req/s, median (min–max) | × nginx | × Node floor | proxy CPU µs/req | p50 ms | p99 ms | p99 × nginx | full handshakes/s, median (min–max) | × nginx | proxy CPU µs/handshake | handshake capacity × nginx (its CPU ÷ this CPU) | wrk CPU %, keep-alive / handshakes | peak RSS MiB |`,
@@ -282,9 +292,9 @@ Versions: node ${process.version}; ${version('nginx', ['-v'])}; ${version('hapro
 Command: \`npm run bench -- --rounds ${ROUNDS} --seconds ${SECONDS} --connections ${CONNS} --auth-pairs ${AUTH_PAIRS} --slice ${SLICE}${opt.only ? ` --only ${opt.only}` : ''}\`
 
 ${table}
-${authTable}${pairTable}
+${jwtTable}${authTable}${pairTable}
 Ratios are computed per round against the reference measured in the same round, then the median is taken.
-Full handshakes: every connection sends one request with \`Connection: close\` and negotiates a new session (the wrk shim drops the previous one and counts resumptions: ${resumedTotal} of ${handshakeTotal}; ${tls13Total} of them TLS 1.3; wrk called SSL_connect ${(callsTotal / handshakeTotal).toFixed(1)} times per handshake, the shim having it wait for the server's flight instead of polling). When wrk's CPU is near 100 %, the handshake rate is the load generator's limit as much as the server's; the proxy's CPU per handshake is then the fairer comparison.
+${handshakeNote}
 `;
 console.log(report);
 if (opt.out) {

@@ -242,11 +242,18 @@ try {
 // ---- report ----------------------------------------------------------------------
 const fmt = (x: number, d = 0) => (Number.isFinite(x) ? x.toFixed(d) : '-');
 const range = (xs: number[], d = 0) => `${fmt(Math.min(...xs), d)}–${fmt(Math.max(...xs), d)}`;
+/** `name`'s figure ÷ `ref`'s in each round where both were measured. */
+const perRound = (name: string, ref: string, f: (s: Sample) => number | undefined) => {
+  const a = results.get(name), b = results.get(ref);
+  if (!a || !b) return [];
+  return a.map((s, i) => { const x = f(s), y = b[i] ? f(b[i]!) : undefined; return x !== undefined && y ? x / y : NaN; }).filter(Number.isFinite);
+};
 const ratio = (name: string, ref: string, f: (s: Sample) => number | undefined) => {
-  const a = results.get(name)!, b = results.get(ref)!;
-  const per = a.map((s, i) => { const x = f(s), y = b[i] ? f(b[i]!) : undefined; return x !== undefined && y ? x / y : NaN; }).filter(Number.isFinite);
+  const per = perRound(name, ref, f);
   return per.length ? median(per) : NaN;
 };
+/** Median (min–max) of ratios. */
+const cell = (xs: number[]) => `${fmt(median(xs), 2)} (${range(xs, 2)})`;
 const pctCell = (xs: number[]) => fmt(median(xs) * 100);
 const rows = targets.map((t) => {
   const s = results.get(t.name)!;
@@ -260,16 +267,11 @@ const authRows = targets.filter((t) => t.name.startsWith('pc-') && t.name !== 'p
 const authTable = authRows.length ? `\n| route vs Portcullis mTLS-only | req/s ratio | CPU-per-request ratio (mTLS-only ÷ route) |\n|---|---|---|\n${authRows.join('\n')}\n` : '';
 // Portcullis verifying each token once against HAProxy verifying every token (issue 6's
 // moonshot), round by round: by rate, and by CPU per request (HAProxy's ÷ Portcullis').
-const perRound = (a: string, b: string, f: (s: Sample) => number) => {
-  const xs = results.get(a), ys = results.get(b);
-  return xs && ys ? xs.map((s, i) => (ys[i] ? f(s) / f(ys[i]!) : NaN)).filter(Number.isFinite) : [];
-};
-const versus = (xs: number[]) => `${fmt(median(xs), 2)} (${range(xs, 2)}); rounds ${xs.map((x) => fmt(x, 2)).join(', ')}`;
+const versus = (xs: number[]) => `${cell(xs)}; rounds ${xs.map((x) => fmt(x, 2)).join(', ')}`;
 const jwtRate = perRound('pc-jwt', 'haproxy-jwt', (x) => x.ka.rps), jwtCpu = perRound('haproxy-jwt', 'pc-jwt', (x) => x.ka.cpuUs);
 const jwtTable = jwtRate.length ? `\n| Portcullis mTLS + RS256 JWT ÷ HAProxy mTLS + jwt_verify RS256, same round | median (min–max); each round |\n|---|---|\n| req/s | ${versus(jwtRate)} |\n| CPU per request (HAProxy's ÷ Portcullis') | ${versus(jwtCpu)} |\n` : '';
 const pairRows = TARGETS.filter((t) => pairs.some((p) => p.route === t.name)).map((t) => {
   const ps = pairs.filter((p) => p.route === t.name);
-  const cell = (xs: number[]) => `${fmt(median(xs), 2)} (${range(xs, 2)})`;
   return `| ${t.label} | ${cell(ps.map((p) => p.auth.rps / p.same.rps))} | ${cell(ps.map((p) => p.same.cpuUs / p.auth.cpuUs))} | ${cell(ps.map((p) => p.auth.rps / p.plain.rps))} | ${cell(ps.map((p) => p.plain.cpuUs / p.auth.cpuUs))} |`;
 });
 const pairTable = pairRows.length ? `\nAuthentication cost in one Portcullis process (\`/mtls/**\` → cert; \`/jwt/**\`, \`/apikey/**\`, \`/hmac/**\` → cert + that authenticator), ${AUTH_PAIRS} alternating triples of ${SLICE} s slices per route: the route, the mTLS-only route sent the very same request (token, key or signed 1 KiB POST, which it forwards unread), and the mTLS-only route with a plain GET. Median of the per-triple ratios (min–max).

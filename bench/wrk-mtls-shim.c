@@ -55,25 +55,27 @@ extern int SSL_get_fd(const SSL *);
 /* The epoll set this thread's event loop last changed: wrk runs one loop per thread. */
 static __thread int loop_epfd = -1;
 
-int epoll_ctl(int epfd, int op, int fd, struct epoll_event *ev) {
+static int real_epoll_ctl(int epfd, int op, int fd, struct epoll_event *ev) {
   static int (*real)(int, int, int, struct epoll_event *) = 0;
   if (!real) real = (int (*)(int, int, int, struct epoll_event *))dlsym(RTLD_NEXT, "epoll_ctl");
-  loop_epfd = epfd;
   return real(epfd, op, fd, ev);
+}
+
+int epoll_ctl(int epfd, int op, int fd, struct epoll_event *ev) {
+  loop_epfd = epfd;
+  return real_epoll_ctl(epfd, op, fd, ev);
 }
 
 /* Wait for the socket to become readable (or writable too) in wrk's epoll set, as wrk's
    own ae_epoll.c registers it: level-triggered, the fd in the event's data. */
 static void want(int fd, uint32_t events) {
-  static int (*real)(int, int, int, struct epoll_event *) = 0;
-  if (!real) real = (int (*)(int, int, int, struct epoll_event *))dlsym(RTLD_NEXT, "epoll_ctl");
   if (loop_epfd < 0 || fd < 0) return;
   int saved = errno;
   struct epoll_event ev;
   memset(&ev, 0, sizeof ev);
   ev.events = events;
   ev.data.fd = fd;
-  real(loop_epfd, EPOLL_CTL_MOD, fd, &ev);
+  real_epoll_ctl(loop_epfd, EPOLL_CTL_MOD, fd, &ev);
   errno = saved;
 }
 

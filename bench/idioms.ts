@@ -6,10 +6,12 @@
 // ninth round). The server runs with Portcullis' --max-semi-space-size=16 and (except in the
 // empty idiom, which switches it) its optimizeEmptyRequests. Needs the PKI,
 // configs and wrk shim `npm run bench` leaves in bench/.work.
-//   npm run bench:idioms -- --idiom end|close|body|proxy|portcullis|empty|sni|suites|revision [--seconds 40] [--handshake] [--jwt] [--hmac] [--base REV]
+//   npm run bench:idioms -- --idiom end|close|body|defer|proxy|portcullis|empty|sni|suites|revision [--seconds 40] [--handshake] [--jwt] [--hmac] [--base REV]
 //   end:   res.write(last) + res.end()            against res.end(last)
 //   close: res.once('close', closure)             against res.on('close', shared function)
 //   body:  a 1 KiB body read into a Promise chain against the same listeners with a callback
+//   defer: answering itself at once              against answering in a setImmediate (what a
+//          request's wait for another turn of the event loop costs, without an upstream)
 //   proxy: answering itself (the Node ceiling)    against forwarding to the bench's nginx
 //          upstream on Portcullis' HTTP/1.1 client (the bare proxy of http1-floor.ts)
 //   portcullis: the bare proxy above            against Portcullis' request handler (policy,
@@ -46,12 +48,12 @@ import type { ConnectionInfo } from '../src/tls/peer.ts';
 
 const HERE = dirname(fileURLToPath(import.meta.url));
 const W = join(HERE, '.work');
-const IDIOMS = ['end', 'close', 'body', 'proxy', 'portcullis', 'empty', 'sni', 'suites', 'revision'] as const;
+const IDIOMS = ['end', 'close', 'body', 'defer', 'proxy', 'portcullis', 'empty', 'sni', 'suites', 'revision'] as const;
 type Idiom = (typeof IDIOMS)[number];
 const { values: opt } = parseArgs({ options: { idiom: { type: 'string', default: 'end' }, seconds: { type: 'string', default: '40' }, serve: { type: 'boolean', default: false }, handshake: { type: 'boolean', default: false }, jwt: { type: 'boolean', default: false }, hmac: { type: 'boolean', default: false }, base: { type: 'string', default: 'HEAD' }, 'base-dir': { type: 'string' } } });
 const idiom = opt.idiom as Idiom;
 /** The idioms whose server answers each request itself: no upstream, no Portcullis handler. */
-const ANSWERS_ITSELF: readonly Idiom[] = ['end', 'close', 'body'];
+const ANSWERS_ITSELF: readonly Idiom[] = ['end', 'close', 'body', 'defer'];
 if (!IDIOMS.includes(idiom)) throw new Error(`--idiom must be one of ${IDIOMS.join(', ')}`);
 if (opt.jwt && opt.hmac) throw new Error('--jwt and --hmac are two different routes: pick one');
 if (opt.hmac && !['portcullis', 'empty', 'revision'].includes(idiom)) throw new Error('--hmac goes with --idiom portcullis, empty or revision');
@@ -131,6 +133,7 @@ const MODES: Record<Idiom, [Handler, Handler]> = {
     },
     (req, res) => readBody(req, (b) => { try { if (b !== 'aborted') answer(res); } catch { res.destroy(); } }),
   ],
+  defer: [(_req, res) => answer(res), (_req, res) => { setImmediate(answer, res); }],
   proxy: [(_req, res) => answer(res), forward],
   portcullis: [forward, portcullis],
   // The same handler both ways; the server's optimizeEmptyRequests is switched with the mode.

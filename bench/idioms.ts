@@ -6,12 +6,15 @@
 // ninth round). The server runs with Portcullis' --max-semi-space-size=16 and (except in the
 // empty idiom, which switches it) its optimizeEmptyRequests. Needs the PKI,
 // configs and wrk shim `npm run bench` leaves in bench/.work.
-//   npm run bench:idioms -- --idiom end|close|body|defer|proxy|portcullis|empty|sni|suites|revision [--seconds 40] [--handshake] [--jwt] [--hmac] [--base REV]
+//   npm run bench:idioms -- --idiom end|close|body|defer|rtt|proxy|portcullis|empty|sni|suites|revision [--seconds 40] [--handshake] [--jwt] [--hmac] [--base REV]
 //   end:   res.write(last) + res.end()            against res.end(last)
 //   close: res.once('close', closure)             against res.on('close', shared function)
 //   body:  a 1 KiB body read into a Promise chain against the same listeners with a callback
 //   defer: answering itself at once              against answering in a setImmediate (what a
 //          request's wait for another turn of the event loop costs, without an upstream)
+//   rtt:   answering itself at once              against answering once a raw GET has gone to the
+//          bench's nginx upstream and its answer come back on a plain net.Socket (no HTTP client:
+//          what the round trip itself costs)
 //   proxy: answering itself (the Node ceiling)    against forwarding to the bench's nginx
 //          upstream on Portcullis' HTTP/1.1 client (the bare proxy of http1-floor.ts)
 //   portcullis: the bare proxy above            against Portcullis' request handler (policy,
@@ -34,6 +37,7 @@
 //   --handshake: every request on a new connection with a full TLS 1.3 handshake (wrk sends
 //          `Connection: close`, the shim drops each session), so the figures are per handshake.
 import https from 'node:https';
+import net from 'node:net';
 import { execFileSync, spawn } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync } from 'node:fs';
 import { join, dirname } from 'node:path';
@@ -48,7 +52,7 @@ import type { ConnectionInfo } from '../src/tls/peer.ts';
 
 const HERE = dirname(fileURLToPath(import.meta.url));
 const W = join(HERE, '.work');
-const IDIOMS = ['end', 'close', 'body', 'defer', 'proxy', 'portcullis', 'empty', 'sni', 'suites', 'revision'] as const;
+const IDIOMS = ['end', 'close', 'body', 'defer', 'rtt', 'proxy', 'portcullis', 'empty', 'sni', 'suites', 'revision'] as const;
 type Idiom = (typeof IDIOMS)[number];
 const { values: opt } = parseArgs({ options: { idiom: { type: 'string', default: 'end' }, seconds: { type: 'string', default: '40' }, serve: { type: 'boolean', default: false }, handshake: { type: 'boolean', default: false }, jwt: { type: 'boolean', default: false }, hmac: { type: 'boolean', default: false }, base: { type: 'string', default: 'HEAD' }, 'base-dir': { type: 'string' } } });
 const idiom = opt.idiom as Idiom;
@@ -109,11 +113,13 @@ async function portcullisHandler(root: string): Promise<Handler> {
 }
 const ROOT = join(HERE, '..');
 // Loaded before the server starts, in the server process only (the other idioms need none).
-const usesPortcullis = opt.serve && !ANSWERS_ITSELF.includes(idiom) && idiom !== 'proxy';
+const usesPortcullis = opt.serve && !ANSWERS_ITSELF.includes(idiom) && idiom !== 'proxy' && idiom !== 'rtt';
 const pcHandler = usesPortcullis ? await portcullisHandler(ROOT) : undefined;
 const portcullis: Handler = (req, res) => pcHandler!(req, res);
 const baseHandler = opt.serve && idiom === 'revision' ? await portcullisHandler(opt['base-dir']!) : undefined;
 const base: Handler = (req, res) => baseHandler!(req, res);
+/** The rtt idiom's upstream connections between round trips. */
+const idle: net.Socket[] = [];
 const answer = (res: ServerResponse) => { res.writeHead(200, ['content-type', 'text/plain', 'content-length', '3']); res.end('ok\n'); };
 
 /** [mode 0, mode 1] for each idiom. */
@@ -134,6 +140,12 @@ const MODES: Record<Idiom, [Handler, Handler]> = {
     (req, res) => readBody(req, (b) => { try { if (b !== 'aborted') answer(res); } catch { res.destroy(); } }),
   ],
   defer: [(_req, res) => answer(res), (_req, res) => { setImmediate(answer, res); }],
+  rtt: [(_req, res) => answer(res), (_req, res) => {
+    // The least JavaScript a round trip can take: nginx's short answer comes in one read.
+    const s = idle.pop() ?? net.connect({ port: PORTS.upstream, host: '127.0.0.1', noDelay: true }).on('error', () => {});
+    s.once('data', () => { idle.push(s); answer(res); });
+    s.write('GET /bench HTTP/1.1\r\nhost: u\r\n\r\n');
+  }],
   proxy: [(_req, res) => answer(res), forward],
   portcullis: [forward, portcullis],
   // The same handler both ways; the server's optimizeEmptyRequests is switched with the mode.

@@ -58,6 +58,8 @@ const { values: opt } = parseArgs({ options: { idiom: { type: 'string', default:
 const idiom = opt.idiom as Idiom;
 /** The idioms whose server answers each request itself: no upstream, no Portcullis handler. */
 const ANSWERS_ITSELF: readonly Idiom[] = ['end', 'close', 'body', 'defer'];
+/** The idioms that run Portcullis' request handler (the rest answer themselves or forward bare). */
+const RUNS_PORTCULLIS: readonly Idiom[] = ['portcullis', 'empty', 'sni', 'suites', 'revision'];
 if (!IDIOMS.includes(idiom)) throw new Error(`--idiom must be one of ${IDIOMS.join(', ')}`);
 if (opt.jwt && opt.hmac) throw new Error('--jwt and --hmac are two different routes: pick one');
 if (opt.hmac && !['portcullis', 'empty', 'revision'].includes(idiom)) throw new Error('--hmac goes with --idiom portcullis, empty or revision');
@@ -113,8 +115,7 @@ async function portcullisHandler(root: string): Promise<Handler> {
 }
 const ROOT = join(HERE, '..');
 // Loaded before the server starts, in the server process only (the other idioms need none).
-const usesPortcullis = opt.serve && !ANSWERS_ITSELF.includes(idiom) && idiom !== 'proxy' && idiom !== 'rtt';
-const pcHandler = usesPortcullis ? await portcullisHandler(ROOT) : undefined;
+const pcHandler = opt.serve && RUNS_PORTCULLIS.includes(idiom) ? await portcullisHandler(ROOT) : undefined;
 const portcullis: Handler = (req, res) => pcHandler!(req, res);
 const baseHandler = opt.serve && idiom === 'revision' ? await portcullisHandler(opt['base-dir']!) : undefined;
 const base: Handler = (req, res) => baseHandler!(req, res);

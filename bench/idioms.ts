@@ -6,7 +6,7 @@
 // ninth round). The server runs with Portcullis' --max-semi-space-size=16 and (except in the
 // empty idiom, which switches it) its optimizeEmptyRequests. Needs the PKI,
 // configs and wrk shim `npm run bench` leaves in bench/.work.
-//   npm run bench:idioms -- --idiom end|close|body|defer|rtt|proxy|portcullis|empty|sni|suites|revision [--seconds 40] [--handshake] [--jwt] [--hmac] [--base REV]
+//   npm run bench:idioms -- --idiom end|close|body|defer|rtt|raw|proxy|portcullis|empty|sni|suites|revision [--seconds 40] [--handshake] [--jwt] [--hmac] [--base REV]
 //   end:   res.write(last) + res.end()            against res.end(last)
 //   close: res.once('close', closure)             against res.on('close', shared function)
 //   body:  a 1 KiB body read into a Promise chain against the same listeners with a callback
@@ -15,6 +15,12 @@
 //   rtt:   answering itself at once              against answering once a raw GET has gone to the
 //          bench's nginx upstream and its answer come back on a plain net.Socket (no HTTP client:
 //          what the round trip itself costs)
+//   raw:   answering itself through Node's HTTP server (http.Server fed the TLS socket, as https.Server
+//          does) against a hand-written HTTP/1.1 exchange on the same TLS socket: the request head
+//          parsed into a header object with strict expressions, the same response bytes written as
+//          one string (what Node's HTTP layer costs, and so what a server-side parser of Portcullis'
+//          own could save at most; no timers, no limits beyond the head's size). The mode is chosen
+//          per connection; a kept-alive connection from the other mode is closed after its next answer
 //   proxy: answering itself (the Node ceiling)    against forwarding to the bench's nginx
 //          upstream on Portcullis' HTTP/1.1 client (the bare proxy of http1-floor.ts)
 //   portcullis: the bare proxy above            against Portcullis' request handler (policy,
@@ -36,8 +42,10 @@
 //          (portcullis, empty and revision only)
 //   --handshake: every request on a new connection with a full TLS 1.3 handshake (wrk sends
 //          `Connection: close`, the shim drops each session), so the figures are per handshake.
+import http from 'node:http';
 import https from 'node:https';
 import net from 'node:net';
+import tls from 'node:tls';
 import { execFileSync, spawn } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync } from 'node:fs';
 import { join, dirname } from 'node:path';
@@ -52,12 +60,12 @@ import type { ConnectionInfo } from '../src/tls/peer.ts';
 
 const HERE = dirname(fileURLToPath(import.meta.url));
 const W = join(HERE, '.work');
-const IDIOMS = ['end', 'close', 'body', 'defer', 'rtt', 'proxy', 'portcullis', 'empty', 'sni', 'suites', 'revision'] as const;
+const IDIOMS = ['end', 'close', 'body', 'defer', 'rtt', 'raw', 'proxy', 'portcullis', 'empty', 'sni', 'suites', 'revision'] as const;
 type Idiom = (typeof IDIOMS)[number];
 const { values: opt } = parseArgs({ options: { idiom: { type: 'string', default: 'end' }, seconds: { type: 'string', default: '40' }, serve: { type: 'boolean', default: false }, handshake: { type: 'boolean', default: false }, jwt: { type: 'boolean', default: false }, hmac: { type: 'boolean', default: false }, base: { type: 'string', default: 'HEAD' }, 'base-dir': { type: 'string' } } });
 const idiom = opt.idiom as Idiom;
 /** The idioms whose server answers each request itself: no upstream, no Portcullis handler. */
-const ANSWERS_ITSELF: readonly Idiom[] = ['end', 'close', 'body', 'defer'];
+const ANSWERS_ITSELF: readonly Idiom[] = ['end', 'close', 'body', 'defer', 'raw'];
 /** The idioms that run Portcullis' request handler (the rest answer themselves or forward bare). */
 const RUNS_PORTCULLIS: readonly Idiom[] = ['portcullis', 'empty', 'sni', 'suites', 'revision'];
 if (!IDIOMS.includes(idiom)) throw new Error(`--idiom must be one of ${IDIOMS.join(', ')}`);
@@ -141,6 +149,8 @@ const MODES: Record<Idiom, [Handler, Handler]> = {
     (req, res) => readBody(req, (b) => { try { if (b !== 'aborted') answer(res); } catch { res.destroy(); } }),
   ],
   defer: [(_req, res) => answer(res), (_req, res) => { setImmediate(answer, res); }],
+  // Never called: rawServer() answers in both modes itself, per connection (see rawExchange).
+  raw: [(_req, res) => answer(res), (_req, res) => answer(res)],
   rtt: [(_req, res) => answer(res), (_req, res) => {
     // The least JavaScript a round trip can take: nginx's short answer comes in one read.
     const s = idle.pop() ?? net.connect({ port: PORTS.upstream, host: '127.0.0.1', noDelay: true }).on('error', () => {});
@@ -159,6 +169,61 @@ const MODES: Record<Idiom, [Handler, Handler]> = {
   revision: [base, portcullis],
 };
 
+// The raw idiom's mode 1: one HTTP/1.1 exchange after another, by hand, on the TLS socket. The
+// expressions are those Portcullis' client reads a response head with (src/pipeline/http1.ts).
+const REQUEST_LINE = /([!#$%&'*+\-.^_`|~0-9A-Za-z]+) ([\x21-\x7e\x80-\xff]+) HTTP\/1\.([01])\r\n/y;
+const REQUEST_FIELD = /([!#$%&'*+\-.^_`|~0-9A-Za-z]+):[\t ]*((?:[\t\x20-\x7e\x80-\xff]*[\x21-\x7e\x80-\xff])?)[\t ]*\r\n/y;
+const CRLFCRLF = Buffer.from('\r\n\r\n');
+const BAD_REQUEST = 'HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nConnection: close\r\n\r\n';
+/** The Date header's text, made once a second as Node's HTTP server does. */
+let dateSecond = 0, dateText = '';
+const httpDate = (): string => {
+  const now = Date.now();
+  if (Math.floor(now / 1000) !== dateSecond) { dateSecond = Math.floor(now / 1000); dateText = new Date(now).toUTCString(); }
+  return dateText;
+};
+/** Answers each request on `s` with the bytes Node's server writes for `answer()`; `closing()` asks for Connection: close. */
+function rawExchange(s: TLSSocket, counted: () => void, closing: () => boolean): void {
+  let held: Buffer | undefined;
+  let skip = 0; // body bytes still to pass over
+  const refuse = () => { s.off('data', onData); s.end(BAD_REQUEST, 'latin1'); };
+  const onData = (d: Buffer): void => {
+    const b = held ? Buffer.concat([held, d]) : d;
+    held = undefined;
+    let at = 0;
+    while (at < b.length) {
+      if (skip) { const k = Math.min(skip, b.length - at); skip -= k; at += k; continue; }
+      const end = b.indexOf(CRLFCRLF, at);
+      if (end < 0) { if (b.length - at > 64 * 1024) refuse(); else held = b.subarray(at); return; }
+      const head = b.toString('latin1', at, end + 4);
+      at = end + 4;
+      REQUEST_LINE.lastIndex = 0;
+      const m = REQUEST_LINE.exec(head);
+      if (!m) { refuse(); return; }
+      const headers: Record<string, string> = {};
+      let i = REQUEST_LINE.lastIndex;
+      while (i < head.length - 2) {
+        REQUEST_FIELD.lastIndex = i;
+        const f = REQUEST_FIELD.exec(head);
+        if (!f) { refuse(); return; }
+        const k = f[1]!.toLowerCase();
+        headers[k] = headers[k] === undefined ? f[2]! : `${headers[k]}, ${f[2]!}`;
+        i = REQUEST_FIELD.lastIndex;
+      }
+      const length = headers['content-length'];
+      if (headers['transfer-encoding'] !== undefined || (length !== undefined && !/^\d{1,15}$/.test(length))) { refuse(); return; }
+      skip = length === undefined ? 0 : Number(length);
+      counted();
+      const connection = headers['connection']?.toLowerCase();
+      const close = (m[3] === '0' ? connection !== 'keep-alive' : connection === 'close') || closing();
+      s.write(`HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 3\r\nDate: ${httpDate()}\r\n${close ? 'Connection: close' : 'Connection: keep-alive\r\nKeep-Alive: timeout=5'}\r\n\r\nok\n`, 'latin1');
+      if (close) { s.off('data', onData); s.end(); return; }
+    }
+  };
+  s.on('data', onData);
+  s.on('error', () => s.destroy());
+}
+
 if (opt.serve) {
   // The server: modes alternate every second; CPU per request per slice from process.cpuUsage().
   let mode = 0, n = 0, last = process.cpuUsage(), warm = false;
@@ -170,8 +235,25 @@ if (opt.serve) {
   // ciphers), as src/server.ts does, so that only the callback or the suite order differs.
   const pcTls = idiom === 'sni' || idiom === 'suites' ? loadConfig(join(W, 'pc-mtls.yaml')).tls : undefined;
   const tlsOptions = pcTls ? { ...pcTls.defaultOptions, requestCert: true, rejectUnauthorized: false } : mtlsServerOptions(join(W, 'server.crt'), join(W, 'server.key'), join(W, 'ca.crt'));
-  const server = https.createServer({ ...tlsOptions, optimizeEmptyRequests: idiom !== 'empty' }, (req, res) => { n++; modes[mode]!(req, res); })
-    .listen(PORTS.proxy, '127.0.0.1');
+  const server = idiom === 'raw' ? rawServer() : https.createServer({ ...tlsOptions, optimizeEmptyRequests: idiom !== 'empty' }, (req, res) => { n++; modes[mode]!(req, res); });
+  server.listen(PORTS.proxy, '127.0.0.1');
+  /** The raw idiom: a TLS server handing each new connection to Node's HTTP server (mode 0) or to rawExchange (mode 1). */
+  function rawServer(): tls.Server {
+    const born = new WeakMap<object, number>();
+    const stale = (s: object) => born.get(s) !== mode;
+    const web = http.createServer({ optimizeEmptyRequests: true }, (req, res) => {
+      n++;
+      if (!stale(req.socket)) { answer(res); return; }
+      res.writeHead(200, ['content-type', 'text/plain', 'content-length', '3', 'connection', 'close']);
+      res.end('ok\n');
+    });
+    web.emit('listening'); // what https.Server's listen() starts: the HTTP server's connection tracking
+    return tls.createServer(tlsOptions, (s) => {
+      born.set(s, mode);
+      if (mode === 0) web.emit('connection', s);
+      else rawExchange(s, () => { n++; }, () => stale(s));
+    });
+  }
   // Node keeps the option under a symbol of its own, read as each request arrives.
   const kEmpty = Object.getOwnPropertySymbols(server).find((s) => s.description === 'OptimizeEmptyRequestsOption');
   if (idiom === 'empty' && !kEmpty) throw new Error(`this Node (${process.version}) has no optimizeEmptyRequests server option (v24.12+)`);

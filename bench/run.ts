@@ -94,6 +94,9 @@ const TARGETS: Target[] = [
   { name: 'nginx', label: 'nginx mTLS proxy', scheme: 'https', mtls: true, start: () => startPinned('nginx', ['-c', nginxConf('nginx', `upstream up { server 127.0.0.1:${PORTS.upstream}; keepalive 64; }
 server { listen 127.0.0.1:${PORTS.proxy} ssl; ssl_protocols TLSv1.2 TLSv1.3; ssl_certificate ${W}/server.crt; ssl_certificate_key ${W}/server.key; ssl_client_certificate ${W}/ca.crt; ssl_verify_client on;
   location / { proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection ""; proxy_set_header X-Client-DN $ssl_client_s_dn; } }`)]) },
+  // nginx's own TLS and HTTP with no upstream: against the proxy above, what forwarding costs nginx.
+  { name: 'nginx-direct', label: 'nginx mTLS answering itself, no upstream (nginx ceiling)', scheme: 'https', mtls: true, start: () => startPinned('nginx', ['-c', nginxConf('nginx-direct', `server { listen 127.0.0.1:${PORTS.proxy} ssl; ssl_protocols TLSv1.2 TLSv1.3; ssl_certificate ${W}/server.crt; ssl_certificate_key ${W}/server.key; ssl_client_certificate ${W}/ca.crt; ssl_verify_client on;
+  location / { add_header X-Client-DN $ssl_client_s_dn; return 200 "ok\\n"; } }`)]) },
   { name: 'haproxy', label: 'HAProxy mTLS (verify required)', scheme: 'https', mtls: true, start: () => startHaproxy(false) },
   { name: 'haproxy-jwt', label: 'HAProxy mTLS + jwt_verify RS256', scheme: 'https', mtls: true, headers: [`Authorization: Bearer ${JWT}`], start: () => startHaproxy(true) },
   { name: 'node-direct', label: 'bare Node https answering itself, no upstream (Node ceiling)', scheme: 'https', mtls: true, start: nodeReference('node-direct.ts', false) },
@@ -270,6 +273,15 @@ const authTable = authRows.length ? `\n| route vs Portcullis mTLS-only | req/s r
 const versus = (xs: number[]) => `${cell(xs)}; rounds ${xs.map((x) => fmt(x, 2)).join(', ')}`;
 const jwtRate = perRound('pc-jwt', 'haproxy-jwt', (x) => x.ka.rps), jwtCpu = perRound('haproxy-jwt', 'pc-jwt', (x) => x.ka.cpuUs);
 const jwtTable = jwtRate.length ? `\n| Portcullis mTLS + RS256 JWT ÷ HAProxy mTLS + jwt_verify RS256, same round | median (min–max); each round |\n|---|---|\n| req/s | ${versus(jwtRate)} |\n| CPU per request (HAProxy's ÷ Portcullis') | ${versus(jwtCpu)} |\n` : '';
+// What forwarding costs each kind of server: the proxy's CPU ÷ that of the same server
+// answering itself, per kept-alive request and per full handshake, each per round.
+const forwardRows = ([['nginx proxy ÷ nginx answering itself', 'nginx', 'nginx-direct'], ["bare Node proxy on Portcullis' client ÷ the Node ceiling", 'http1-floor', 'node-direct'], ['Portcullis mTLS ÷ the Node ceiling', 'pc-mtls', 'node-direct']] as const)
+  .filter(([, a, b]) => results.get(a)?.length && results.get(b)?.length)
+  .map(([label, a, b]) => {
+    const hs = perRound(a, b, (x) => x.hs?.cpuUs);
+    return `| ${label} | ${cell(perRound(a, b, (x) => x.ka.cpuUs))} | ${hs.length ? cell(hs) : '-'} |`;
+  });
+const forwardTable = forwardRows.length ? `\n| what forwarding costs: CPU ÷ the same server's answering itself, same round | per kept-alive request, median (min–max) | per full handshake |\n|---|---|---|\n${forwardRows.join('\n')}\n` : '';
 const pairRows = TARGETS.filter((t) => pairs.some((p) => p.route === t.name)).map((t) => {
   const ps = pairs.filter((p) => p.route === t.name);
   return `| ${t.label} | ${cell(ps.map((p) => p.auth.rps / p.same.rps))} | ${cell(ps.map((p) => p.same.cpuUs / p.auth.cpuUs))} | ${cell(ps.map((p) => p.auth.rps / p.plain.rps))} | ${cell(ps.map((p) => p.plain.cpuUs / p.auth.cpuUs))} |`;
@@ -294,7 +306,7 @@ Versions: node ${process.version}; ${version('nginx', ['-v'])}; ${version('hapro
 Command: \`npm run bench -- --rounds ${ROUNDS} --seconds ${SECONDS} --connections ${CONNS} --auth-pairs ${AUTH_PAIRS} --slice ${SLICE}${opt.only ? ` --only ${opt.only}` : ''}\`
 
 ${table}
-${jwtTable}${authTable}${pairTable}
+${jwtTable}${forwardTable}${authTable}${pairTable}
 Ratios are computed per round against the reference measured in the same round, then the median is taken.
 ${handshakeNote}
 `;

@@ -6,7 +6,7 @@
 // ninth round). The server runs with Portcullis' --max-semi-space-size=16 and (except in the
 // empty idiom, which switches it) its optimizeEmptyRequests. Needs the PKI,
 // configs and wrk shim `npm run bench` leaves in bench/.work.
-//   npm run bench:idioms -- --idiom end|close|body|defer|rtt|raw|proxy|portcullis|empty|sni|suites|revision [--seconds 40] [--handshake] [--jwt] [--hmac] [--base REV]
+//   npm run bench:idioms -- --idiom end|close|body|defer|rtt|raw|rawproxy|proxy|portcullis|empty|sni|suites|revision [--seconds 40] [--handshake] [--jwt] [--hmac] [--base REV]
 //   end:   res.write(last) + res.end()            against res.end(last)
 //   close: res.once('close', closure)             against res.on('close', shared function)
 //   body:  a 1 KiB body read into a Promise chain against the same listeners with a callback
@@ -20,7 +20,11 @@
 //          parsed into a header object with strict expressions, the same response bytes written as
 //          one string (what Node's HTTP layer costs, and so what a server-side parser of Portcullis'
 //          own could save at most; no timers, no limits beyond the head's size). The mode is chosen
-//          per connection; a kept-alive connection from the other mode is closed after its next answer
+//          per connection; a kept-alive connection from the other mode is closed after its next answer.
+//          Bodiless requests only (a request with a body is refused with 400)
+//   rawproxy: as raw, forwarding instead of answering: the bare proxy of http1-floor.ts behind Node's
+//          HTTP server against Portcullis' HTTP/1.1 client behind the hand-written exchange (what a
+//          server-side parser could save a forwarding proxy)
 //   proxy: answering itself (the Node ceiling)    against forwarding to the bench's nginx
 //          upstream on Portcullis' HTTP/1.1 client (the bare proxy of http1-floor.ts)
 //   portcullis: the bare proxy above            against Portcullis' request handler (policy,
@@ -51,16 +55,17 @@ import { existsSync, mkdirSync, readFileSync } from 'node:fs';
 import { join, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
-import type { IncomingMessage, ServerResponse } from 'node:http';
+import { STATUS_CODES, type IncomingMessage, type ServerResponse } from 'node:http';
 import { PORTS, median, mtlsServerOptions, shimCounts, stop, waitPort, writeHmacScript } from './common.ts';
 import type { SecureContext, TLSSocket } from 'node:tls';
 import { bareForwarder } from './bare-forward.ts';
+import { Http1Pool } from '../src/pipeline/http1.ts';
 import { loadConfig } from '../src/config/load.ts';
 import type { ConnectionInfo } from '../src/tls/peer.ts';
 
 const HERE = dirname(fileURLToPath(import.meta.url));
 const W = join(HERE, '.work');
-const IDIOMS = ['end', 'close', 'body', 'defer', 'rtt', 'raw', 'proxy', 'portcullis', 'empty', 'sni', 'suites', 'revision'] as const;
+const IDIOMS = ['end', 'close', 'body', 'defer', 'rtt', 'raw', 'rawproxy', 'proxy', 'portcullis', 'empty', 'sni', 'suites', 'revision'] as const;
 type Idiom = (typeof IDIOMS)[number];
 const { values: opt } = parseArgs({ options: { idiom: { type: 'string', default: 'end' }, seconds: { type: 'string', default: '40' }, serve: { type: 'boolean', default: false }, handshake: { type: 'boolean', default: false }, jwt: { type: 'boolean', default: false }, hmac: { type: 'boolean', default: false }, base: { type: 'string', default: 'HEAD' }, 'base-dir': { type: 'string' } } });
 const idiom = opt.idiom as Idiom;
@@ -149,8 +154,9 @@ const MODES: Record<Idiom, [Handler, Handler]> = {
     (req, res) => readBody(req, (b) => { try { if (b !== 'aborted') answer(res); } catch { res.destroy(); } }),
   ],
   defer: [(_req, res) => answer(res), (_req, res) => { setImmediate(answer, res); }],
-  // Never called: rawServer() answers in both modes itself, per connection (see rawExchange).
+  // Never called: rawServer() serves both modes itself, per connection (see rawExchange).
   raw: [(_req, res) => answer(res), (_req, res) => answer(res)],
+  rawproxy: [forward, forward],
   rtt: [(_req, res) => answer(res), (_req, res) => {
     // The least JavaScript a round trip can take: nginx's short answer comes in one read.
     const s = idle.pop() ?? net.connect({ port: PORTS.upstream, host: '127.0.0.1', noDelay: true }).on('error', () => {});
@@ -182,43 +188,74 @@ const httpDate = (): string => {
   if (Math.floor(now / 1000) !== dateSecond) { dateSecond = Math.floor(now / 1000); dateText = new Date(now).toUTCString(); }
   return dateText;
 };
-/** Answers each request on `s` with the bytes Node's server writes for `answer()`; `closing()` asks for Connection: close. */
-function rawExchange(s: TLSSocket, counted: () => void, closing: () => boolean): void {
+/** A request the hand-written exchange has read: `fields` as [lower-case name, value, ...]. */
+interface RawRequest { method: string; target: string; fields: string[]; close: boolean }
+/** Answers `r` on `s`, then calls `done` (the exchange reads no further request until then). */
+type RawAnswer = (s: TLSSocket, r: RawRequest, done: () => void) => void;
+const keepAliveText = (close: boolean) => (close ? 'Connection: close\r\n\r\n' : 'Connection: keep-alive\r\nKeep-Alive: timeout=5\r\n\r\n');
+/** The raw idiom: the bytes Node's server writes for `answer()`. */
+const rawAnswer: RawAnswer = (s, r, done) => {
+  s.write(`HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 3\r\nDate: ${httpDate()}\r\n${keepAliveText(r.close)}ok\n`, 'latin1');
+  done();
+};
+const HOP = (k: string) => k === 'connection' || k === 'keep-alive' || k === 'transfer-encoding';
+let rawPool: Http1Pool | undefined;
+/** The rawproxy idiom: the request forwarded on Portcullis' client, the answer relayed as bareForwarder's response writes it. */
+const rawForward: RawAnswer = (s, r, done) => {
+  const pool = (rawPool ??= new Http1Pool({ url: new URL(`http://127.0.0.1:${PORTS.upstream}`), timeoutMs: 30_000, maxConnections: 512, keepAliveMs: 30_000 }));
+  let head = '';
+  const ex = pool.request(r.method, r.target, r.fields.filter((_, i, f) => !HOP(f[i - (i % 2)]!)), null, undefined, {
+    onHead(status, h) {
+      head = `HTTP/1.1 ${status} ${STATUS_CODES[status] ?? 'unknown'}\r\n`;
+      for (let i = 0; i < h.length; i += 2) if (!HOP(h[i]!.toLowerCase())) head += `${h[i]!}: ${h[i + 1]!}\r\n`;
+      head += keepAliveText(r.close);
+    },
+    onData(c) {
+      if (head) { s.write(head, 'latin1'); head = ''; }
+      return s.write(c) || (s.once('drain', () => pool.resume(ex)), false);
+    },
+    onComplete(last) {
+      if (typeof last === 'string') s.write(head + last, 'latin1');
+      else { if (head) s.write(head, 'latin1'); if (last) s.write(last); }
+      done();
+    },
+    onError: () => { s.end('HTTP/1.1 502 Bad Gateway\r\ncontent-length: 0\r\nConnection: close\r\n\r\n', 'latin1'); },
+  });
+};
+/** One bodiless HTTP/1.1 request after another on `s`, each answered by `answer`; `closing()` asks for Connection: close. */
+function rawExchange(s: TLSSocket, counted: () => void, closing: () => boolean, answer: RawAnswer): void {
   let held: Buffer | undefined;
-  let skip = 0; // body bytes still to pass over
-  const refuse = () => { s.off('data', onData); s.end(BAD_REQUEST, 'latin1'); };
+  let busy = false, closed = false;
+  const refuse = () => { closed = true; s.off('data', onData); s.end(BAD_REQUEST, 'latin1'); };
   const onData = (d: Buffer): void => {
-    const b = held ? Buffer.concat([held, d]) : d;
+    const b = held && d.length ? Buffer.concat([held, d]) : held ?? d;
     held = undefined;
-    let at = 0;
-    while (at < b.length) {
-      if (skip) { const k = Math.min(skip, b.length - at); skip -= k; at += k; continue; }
-      const end = b.indexOf(CRLFCRLF, at);
-      if (end < 0) { if (b.length - at > 64 * 1024) refuse(); else held = b.subarray(at); return; }
-      const head = b.toString('latin1', at, end + 4);
-      at = end + 4;
-      REQUEST_LINE.lastIndex = 0;
-      const m = REQUEST_LINE.exec(head);
-      if (!m) { refuse(); return; }
-      const headers: Record<string, string> = {};
-      let i = REQUEST_LINE.lastIndex;
-      while (i < head.length - 2) {
-        REQUEST_FIELD.lastIndex = i;
-        const f = REQUEST_FIELD.exec(head);
-        if (!f) { refuse(); return; }
-        const k = f[1]!.toLowerCase();
-        headers[k] = headers[k] === undefined ? f[2]! : `${headers[k]}, ${f[2]!}`;
-        i = REQUEST_FIELD.lastIndex;
-      }
-      const length = headers['content-length'];
-      if (headers['transfer-encoding'] !== undefined || (length !== undefined && !/^\d{1,15}$/.test(length))) { refuse(); return; }
-      skip = length === undefined ? 0 : Number(length);
-      counted();
-      const connection = headers['connection']?.toLowerCase();
-      const close = (m[3] === '0' ? connection !== 'keep-alive' : connection === 'close') || closing();
-      s.write(`HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 3\r\nDate: ${httpDate()}\r\n${close ? 'Connection: close' : 'Connection: keep-alive\r\nKeep-Alive: timeout=5'}\r\n\r\nok\n`, 'latin1');
-      if (close) { s.off('data', onData); s.end(); return; }
+    if (busy) { held = b; return; }
+    const end = b.indexOf(CRLFCRLF);
+    if (end < 0) { if (b.length > 64 * 1024) refuse(); else if (b.length) held = b; return; }
+    const head = b.toString('latin1', 0, end + 4);
+    if (end + 4 < b.length) held = b.subarray(end + 4);
+    REQUEST_LINE.lastIndex = 0;
+    const m = REQUEST_LINE.exec(head);
+    if (!m) { refuse(); return; }
+    const fields: string[] = [];
+    let connection: string | undefined;
+    for (let i = REQUEST_LINE.lastIndex; i < head.length - 2; i = REQUEST_FIELD.lastIndex) {
+      REQUEST_FIELD.lastIndex = i;
+      const f = REQUEST_FIELD.exec(head);
+      if (!f) { refuse(); return; }
+      const k = f[1]!.toLowerCase();
+      if (k === 'transfer-encoding' || (k === 'content-length' && f[2] !== '0')) { refuse(); return; }
+      if (k === 'connection') connection = f[2]!.toLowerCase();
+      fields.push(k, f[2]!);
     }
+    counted();
+    const close = (m[3] === '0' ? connection !== 'keep-alive' : connection === 'close') || closing();
+    busy = true;
+    answer(s, { method: m[1]!, target: m[2]!, fields, close }, () => {
+      busy = false;
+      if (close) { closed = true; s.off('data', onData); s.end(); } else if (held && !closed) onData(Buffer.alloc(0));
+    });
   };
   s.on('data', onData);
   s.on('error', () => s.destroy());
@@ -235,23 +272,23 @@ if (opt.serve) {
   // ciphers), as src/server.ts does, so that only the callback or the suite order differs.
   const pcTls = idiom === 'sni' || idiom === 'suites' ? loadConfig(join(W, 'pc-mtls.yaml')).tls : undefined;
   const tlsOptions = pcTls ? { ...pcTls.defaultOptions, requestCert: true, rejectUnauthorized: false } : mtlsServerOptions(join(W, 'server.crt'), join(W, 'server.key'), join(W, 'ca.crt'));
-  const server = idiom === 'raw' ? rawServer() : https.createServer({ ...tlsOptions, optimizeEmptyRequests: idiom !== 'empty' }, (req, res) => { n++; modes[mode]!(req, res); });
+  const server = idiom === 'raw' || idiom === 'rawproxy' ? rawServer() : https.createServer({ ...tlsOptions, optimizeEmptyRequests: idiom !== 'empty' }, (req, res) => { n++; modes[mode]!(req, res); });
   server.listen(PORTS.proxy, '127.0.0.1');
-  /** The raw idiom: a TLS server handing each new connection to Node's HTTP server (mode 0) or to rawExchange (mode 1). */
+  /** The raw idioms: a TLS server handing each new connection to Node's HTTP server (mode 0) or to rawExchange (mode 1). */
   function rawServer(): tls.Server {
     const born = new WeakMap<object, number>();
     const stale = (s: object) => born.get(s) !== mode;
     const web = http.createServer({ optimizeEmptyRequests: true }, (req, res) => {
       n++;
-      if (!stale(req.socket)) { answer(res); return; }
-      res.writeHead(200, ['content-type', 'text/plain', 'content-length', '3', 'connection', 'close']);
-      res.end('ok\n');
+      if (stale(req.socket)) res.shouldKeepAlive = false; // Connection: close, then the socket ends
+      if (idiom === 'rawproxy') forward(req, res);
+      else answer(res);
     });
     web.emit('listening'); // what https.Server's listen() starts: the HTTP server's connection tracking
     return tls.createServer(tlsOptions, (s) => {
       born.set(s, mode);
       if (mode === 0) web.emit('connection', s);
-      else rawExchange(s, () => { n++; }, () => stale(s));
+      else rawExchange(s, () => { n++; }, () => stale(s), idiom === 'rawproxy' ? rawForward : rawAnswer);
     });
   }
   // Node keeps the option under a symbol of its own, read as each request arrives.

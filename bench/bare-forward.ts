@@ -5,10 +5,14 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { Http1Pool } from '../src/pipeline/http1.ts';
 
-const HOP = (k: string) => k === 'connection' || k === 'keep-alive' || k === 'transfer-encoding';
+/** The framing fields a hop sets for itself, dropped both ways (lower-case names). */
+export const HOP = (k: string) => k === 'connection' || k === 'keep-alive' || k === 'transfer-encoding';
+
+/** Portcullis' client to the bench's upstream, as the bare proxy sets it up. */
+export const barePool = (upstreamPort: number) => new Http1Pool({ url: new URL(`http://127.0.0.1:${upstreamPort}`), timeoutMs: 30_000, maxConnections: 512, keepAliveMs: 30_000 });
 
 export function bareForwarder(upstreamPort: number): (req: IncomingMessage, res: ServerResponse) => void {
-  const pool = new Http1Pool({ url: new URL(`http://127.0.0.1:${upstreamPort}`), timeoutMs: 30_000, maxConnections: 512, keepAliveMs: 30_000 });
+  const pool = barePool(upstreamPort);
   return (req, res) => {
     const raw = req.rawHeaders;
     const headers: string[] = [];

@@ -58,8 +58,8 @@ import { parseArgs } from 'node:util';
 import { STATUS_CODES, type IncomingMessage, type ServerResponse } from 'node:http';
 import { PORTS, median, mtlsServerOptions, shimCounts, stop, waitPort, writeHmacScript } from './common.ts';
 import type { SecureContext, TLSSocket } from 'node:tls';
-import { bareForwarder } from './bare-forward.ts';
-import { Http1Pool } from '../src/pipeline/http1.ts';
+import { HOP, bareForwarder, barePool } from './bare-forward.ts';
+import type { Http1Pool } from '../src/pipeline/http1.ts';
 import { loadConfig } from '../src/config/load.ts';
 import type { ConnectionInfo } from '../src/tls/peer.ts';
 
@@ -175,7 +175,7 @@ const MODES: Record<Idiom, [Handler, Handler]> = {
   revision: [base, portcullis],
 };
 
-// The raw idiom's mode 1: one HTTP/1.1 exchange after another, by hand, on the TLS socket. The
+// The raw idioms' mode 1: one HTTP/1.1 exchange after another, by hand, on the TLS socket. The
 // expressions are those Portcullis' client reads a response head with (src/pipeline/http1.ts).
 const REQUEST_LINE = /([!#$%&'*+\-.^_`|~0-9A-Za-z]+) ([\x21-\x7e\x80-\xff]+) HTTP\/1\.([01])\r\n/y;
 const REQUEST_FIELD = /([!#$%&'*+\-.^_`|~0-9A-Za-z]+):[\t ]*((?:[\t\x20-\x7e\x80-\xff]*[\x21-\x7e\x80-\xff])?)[\t ]*\r\n/y;
@@ -198,11 +198,10 @@ const rawAnswer: RawAnswer = (s, r, done) => {
   s.write(`HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 3\r\nDate: ${httpDate()}\r\n${keepAliveText(r.close)}ok\n`, 'latin1');
   done();
 };
-const HOP = (k: string) => k === 'connection' || k === 'keep-alive' || k === 'transfer-encoding';
 let rawPool: Http1Pool | undefined;
 /** The rawproxy idiom: the request forwarded on Portcullis' client, the answer relayed as bareForwarder's response writes it. */
 const rawForward: RawAnswer = (s, r, done) => {
-  const pool = (rawPool ??= new Http1Pool({ url: new URL(`http://127.0.0.1:${PORTS.upstream}`), timeoutMs: 30_000, maxConnections: 512, keepAliveMs: 30_000 }));
+  const pool = (rawPool ??= barePool(PORTS.upstream));
   let head = '';
   const ex = pool.request(r.method, r.target, r.fields.filter((_, i, f) => !HOP(f[i - (i % 2)]!)), null, undefined, {
     onHead(status, h) {
@@ -252,10 +251,14 @@ function rawExchange(s: TLSSocket, counted: () => void, closing: () => boolean, 
     counted();
     const close = (m[3] === '0' ? connection !== 'keep-alive' : connection === 'close') || closing();
     busy = true;
-    answer(s, { method: m[1]!, target: m[2]!, fields, close }, () => {
-      busy = false;
-      if (close) { closed = true; s.off('data', onData); s.end(); } else if (held && !closed) onData(Buffer.alloc(0));
-    });
+    try {
+      answer(s, { method: m[1]!, target: m[2]!, fields, close }, () => {
+        busy = false;
+        if (close) { closed = true; s.off('data', onData); s.end(); } else if (held && !closed) onData(Buffer.alloc(0));
+      });
+    } catch {
+      refuse(); // a target or field the client would not send upstream
+    }
   };
   s.on('data', onData);
   s.on('error', () => s.destroy());

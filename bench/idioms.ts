@@ -154,7 +154,8 @@ const MODES: Record<Idiom, [Handler, Handler]> = {
     (req, res) => readBody(req, (b) => { try { if (b !== 'aborted') answer(res); } catch { res.destroy(); } }),
   ],
   defer: [(_req, res) => answer(res), (_req, res) => { setImmediate(answer, res); }],
-  // Never called: rawServer() serves both modes itself, per connection (see rawExchange).
+  // rawServer() serves mode 0 with these through Node's HTTP server, per connection; mode 1 is
+  // the hand-written exchange (rawAnswer, rawForward), so the second entries are never called.
   raw: [(_req, res) => answer(res), (_req, res) => answer(res)],
   rawproxy: [forward, forward],
   rtt: [(_req, res) => answer(res), (_req, res) => {
@@ -284,8 +285,7 @@ if (opt.serve) {
     const web = http.createServer({ optimizeEmptyRequests: true }, (req, res) => {
       n++;
       if (stale(req.socket)) res.shouldKeepAlive = false; // Connection: close, then the socket ends
-      if (idiom === 'rawproxy') forward(req, res);
-      else answer(res);
+      modes[0]!(req, res);
     });
     web.emit('listening'); // what https.Server's listen() starts: the HTTP server's connection tracking
     return tls.createServer(tlsOptions, (s) => {

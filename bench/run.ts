@@ -89,13 +89,15 @@ const AUTH = {
 const pc = (cfg: string) => () => startPinned(process.execPath, ['--max-semi-space-size=16', join(ROOT, 'bin/portcullis.js'), 'serve', '--config', cfg]);
 /** A bare Node reference server (bench/*.ts) on the proxy port, with the bench PKI; `upstream` passes the upstream's port. */
 const nodeReference = (file: string, upstream = true) => () => startPinned(process.execPath, [join(HERE, file), String(PORTS.proxy), ...(upstream ? [String(PORTS.upstream)] : []), join(W, 'server.crt'), join(W, 'server.key'), join(W, 'ca.crt')]);
+/** The nginx server block's TLS: the bench certificate, client certificates required. */
+const NGINX_MTLS = `listen 127.0.0.1:${PORTS.proxy} ssl; ssl_protocols TLSv1.2 TLSv1.3; ssl_certificate ${W}/server.crt; ssl_certificate_key ${W}/server.key; ssl_client_certificate ${W}/ca.crt; ssl_verify_client on;`;
 const TARGETS: Target[] = [
   { name: 'direct', label: 'direct to upstream (ceiling, plain HTTP)', scheme: 'http', mtls: false, start: () => startPinned('true', []) },
   { name: 'nginx', label: 'nginx mTLS proxy', scheme: 'https', mtls: true, start: () => startPinned('nginx', ['-c', nginxConf('nginx', `upstream up { server 127.0.0.1:${PORTS.upstream}; keepalive 64; }
-server { listen 127.0.0.1:${PORTS.proxy} ssl; ssl_protocols TLSv1.2 TLSv1.3; ssl_certificate ${W}/server.crt; ssl_certificate_key ${W}/server.key; ssl_client_certificate ${W}/ca.crt; ssl_verify_client on;
+server { ${NGINX_MTLS}
   location / { proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection ""; proxy_set_header X-Client-DN $ssl_client_s_dn; } }`)]) },
   // nginx's own TLS and HTTP with no upstream: against the proxy above, what forwarding costs nginx.
-  { name: 'nginx-direct', label: 'nginx mTLS answering itself, no upstream (nginx ceiling)', scheme: 'https', mtls: true, start: () => startPinned('nginx', ['-c', nginxConf('nginx-direct', `server { listen 127.0.0.1:${PORTS.proxy} ssl; ssl_protocols TLSv1.2 TLSv1.3; ssl_certificate ${W}/server.crt; ssl_certificate_key ${W}/server.key; ssl_client_certificate ${W}/ca.crt; ssl_verify_client on;
+  { name: 'nginx-direct', label: 'nginx mTLS answering itself, no upstream (nginx ceiling)', scheme: 'https', mtls: true, start: () => startPinned('nginx', ['-c', nginxConf('nginx-direct', `server { ${NGINX_MTLS}
   location / { add_header X-Client-DN $ssl_client_s_dn; return 200 "ok\\n"; } }`)]) },
   { name: 'haproxy', label: 'HAProxy mTLS (verify required)', scheme: 'https', mtls: true, start: () => startHaproxy(false) },
   { name: 'haproxy-jwt', label: 'HAProxy mTLS + jwt_verify RS256', scheme: 'https', mtls: true, headers: [`Authorization: Bearer ${JWT}`], start: () => startHaproxy(true) },

@@ -119,6 +119,9 @@ export class PortcullisServer {
     });
     this.#inFlight = handler.inFlight;
     this.#https.on('request', handler.onRequest);
+    // With this listener Node no longer answers `Expect: 100-continue` itself: the request is
+    // judged on its head before the client is asked for the body (attack catalogue SMUG-10).
+    this.#https.on('checkContinue', (req: http.IncomingMessage, res: http.ServerResponse) => handler.onRequest(req, res, true));
     this.#https.on('upgrade', (req: http.IncomingMessage, socket: Duplex, head: Buffer) => {
       this.#upgraded.add(socket);
       socket.once('close', () => this.#upgraded.delete(socket));

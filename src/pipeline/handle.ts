@@ -30,13 +30,14 @@ function challenge(d: Decision): string {
   return d.policy?.authenticators.find((a) => a.challenge)?.challenge ?? `Portcullis realm="${d.policy?.name ?? 'portcullis'}"`;
 }
 
-/** Buffer a body up to `max` bytes; never more. */
-function readBody(req: IncomingMessage, max: number): Promise<Buffer | 'too-large' | 'aborted'> {
+/** Buffer a body up to `max` bytes; never more. `proceed` runs once the body is wanted. */
+function readBody(req: IncomingMessage, max: number, proceed: () => void): Promise<Buffer | 'too-large' | 'aborted'> {
   // No Content-Length or Transfer-Encoding: no body. The server hands such a request over
   // already ended (optimizeEmptyRequests), so no 'end' event would ever come.
   if (req.readableEnded) return Promise.resolve(Buffer.alloc(0));
   const declared = Number(req.headers['content-length']);
   if (Number.isFinite(declared) && declared > max) return Promise.resolve('too-large');
+  proceed();
   return new Promise((resolve) => {
     const chunks: Buffer[] = [];
     let size = 0;
@@ -104,7 +105,11 @@ export function createHandler(deps: HandlerDeps) {
 
   interface Admitted { ctx: RequestContext; d: Decision; body?: Buffer; up: UpstreamRequest }
   /** What admission learnt about a request, for its access log line. */
-  interface Outcome { id: string; ctx?: RequestContext; d?: Decision; code?: ErrorCode; clientGone?: boolean }
+  interface Outcome {
+    id: string; ctx?: RequestContext; d?: Decision; code?: ErrorCode; clientGone?: boolean;
+    /** The request may send its body now: answers an `Expect: 100-continue`. */
+    proceed?(): void;
+  }
   type Refuse = (code: ErrorCode, id: string, d?: Decision) => void;
 
   /**
@@ -127,7 +132,7 @@ export function createHandler(deps: HandlerDeps) {
     ex.id = ctx.id;
     const policy = policyFor(cfg, ctx);
     if (policy?.needsBody && req.headers.upgrade === undefined) {
-      return readBody(req, cfg.server.maxBodyBytes).then((b) => {
+      return readBody(req, cfg.server.maxBodyBytes, () => ex.proceed?.()).then((b) => {
         if (b === 'too-large' || b === 'aborted') {
           if (b === 'too-large') logger.info({ msg: 'body too large', requestId: ctx.id, policy: policy.name, limit: cfg.server.maxBodyBytes });
           ex.code = 'BODY_TOO_LARGE';
@@ -189,17 +194,31 @@ export function createHandler(deps: HandlerDeps) {
     upstreamMs?: number;
     broken = false;
     cancel?: () => void;
+    /** The client sent `Expect: 100-continue` and has not been told to send its body yet. */
+    awaitsContinue: boolean;
     readonly responseHeaders: string[] = [];
     readonly t0: number;
     readonly cfg: CompiledConfig;
     readonly req: IncomingMessage;
     readonly res: ServerResponse;
 
-    constructor(req: IncomingMessage, res: ServerResponse, cfg: CompiledConfig, t0: number) {
+    constructor(req: IncomingMessage, res: ServerResponse, cfg: CompiledConfig, t0: number, expectsContinue: boolean) {
       this.req = req;
       this.res = res;
       this.cfg = cfg;
       this.t0 = t0;
+      this.awaitsContinue = expectsContinue;
+    }
+
+    /**
+     * Admitted, or about to read the body the policy verifies: only now is the client told
+     * to send it. A refusal sent without a 100 closes the connection (Node's server does),
+     * since the client may or may not send the body it held back.
+     */
+    proceed(): void {
+      if (!this.awaitsContinue) return;
+      this.awaitsContinue = false;
+      if (!this.req.readableEnded) this.res.writeContinue();
     }
 
     onComplete(): void {
@@ -236,11 +255,15 @@ export function createHandler(deps: HandlerDeps) {
 
   let inFlight = 0;
 
-  function onRequest(req: IncomingMessage, res: ServerResponse): void {
+  /**
+   * One request. `expectsContinue`: the server's 'checkContinue' event, a request with
+   * `Expect: 100-continue` that Node has not answered; it is judged on its head first.
+   */
+  function onRequest(req: IncomingMessage, res: ServerResponse, expectsContinue = false): void {
     const t0 = performance.now();
     const cfg = deps.config();
     inFlight++;
-    const ex = new Exchange(req, res, cfg, t0);
+    const ex = new Exchange(req, res, cfg, t0, expectsContinue);
     res.once('close', () => ex.closed());
     try {
       if (!deps.accepting()) {
@@ -274,6 +297,7 @@ export function createHandler(deps: HandlerDeps) {
       h.push('x-auth-ip', ctx.clientIp);
     }
     h.push('x-request-id', ctx.id);
+    ex.proceed();
     ex.tUp = performance.now();
     ex.cancel = deps.upstream(cfg).web(req, res, up, body, ex);
   }

@@ -7,7 +7,7 @@ import { createHash } from 'node:crypto';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { makeFixture } from '../helpers/pki.ts';
-import { startHarness, request, baseConfig, type Harness } from '../helpers/harness.ts';
+import { startHarness, request, continueRequest, baseConfig, type Harness } from '../helpers/harness.ts';
 import { seed004, rfc9421Ed25519Post, RFC9421_VECTORS as VEC } from '../helpers/signing.ts';
 
 const fx = makeFixture();
@@ -176,6 +176,55 @@ t.test('HMAC simple scheme: valid, replay, skew, tampering, missing headers, unk
   t.equal(r.status, 200, 'GET without a body');
   const metrics = await fetch(`http://127.0.0.1:${h.adminPort}/metrics`).then((x) => x.text());
   t.match(metrics, /portcullis_replays_rejected_total 3/);
+});
+
+// RFC 9110 §10.1.1, attack catalogue SMUG-10: a client that holds its body back until the
+// server answers `100 Continue` is told to send it only once the head is admitted, or, on a
+// route that verifies the body, once the body is wanted. A refusal comes instead of the 100,
+// and the connection closes, since the client may or may not send the body it held back.
+t.test('Expect: 100-continue: the head is judged before the client is asked for its body', async (t) => {
+  const head = (path: string, headers: Record<string, string>, length: number, close = true) =>
+    `POST ${path} HTTP/1.1\r\nHost: a.test\r\n${Object.entries(headers).map(([k, v]) => `${k}: ${v}\r\n`).join('')}Content-Length: ${length}\r\nExpect: 100-continue\r\n${close ? 'Connection: close\r\n' : ''}\r\n`;
+  const finalOf = (out: string) => out.replace(/^HTTP\/1\.1 100 Continue\r\n\r\n/, '');
+  const codeOf = (out: string) => JSON.parse(out.slice(out.indexOf('\r\n\r\n') + 4)).error.code;
+  const payload = 'held-back body '.repeat(20);
+
+  let before = h.seen.length;
+  let r = await continueRequest(h, fx, head('/api/items', { 'X-API-Key': 'kapi_prod_unknownunknownunknownunknown0' }, payload.length, false), payload);
+  t.match(r.out, /^HTTP\/1\.1 401 /, 'an unknown key: 401 with no 100 before it');
+  t.equal(codeOf(r.out), 'AUTH_004');
+  t.match(r.out, /\r\nconnection: close\r\n/i, 'the refusal says the connection closes');
+  t.same([r.bodySent, r.serverClosed], [false, true], 'the body was never asked for; the server closed the connection');
+  t.equal(h.seen.length, before, 'nothing reached the upstream');
+
+  r = await continueRequest(h, fx, head('/api/items', { 'X-API-Key': KEY, 'Content-Type': 'text/plain' }, payload.length), payload);
+  t.ok(r.bodySent, 'a valid key: 100 Continue, then the body');
+  t.match(finalOf(r.out), /^HTTP\/1\.1 200 /);
+  let up = h.seen.at(-1)!;
+  t.same([up.url, up.body, up.headers['x-auth-user-id']], ['/api/items', payload, 'svc-main'], 'the body arrived whole, with the identity');
+  t.notOk(up.headers.expect, 'the expectation is the proxy\'s to answer, not forwarded');
+
+  const s = seedSign('POST', '/signed/orders', { amount: 12, note: payload });
+  r = await continueRequest(h, fx, head('/signed/orders', s.headers, Buffer.byteLength(s.payload)), s.payload);
+  t.ok(r.bodySent, 'a signed route wants the body it verifies: 100 Continue');
+  t.match(finalOf(r.out), /^HTTP\/1\.1 200 /, 'then the signature verifies');
+  up = h.seen.at(-1)!;
+  t.same([up.body, up.headers['x-auth-user-id']], [s.payload, 'partner-a']);
+
+  const bad = seedSign('POST', '/signed/orders', { amount: 13 }, { secret: 'not-the-secret-0123456789abcdef' });
+  before = h.seen.length;
+  r = await continueRequest(h, fx, head('/signed/orders', bad.headers, Buffer.byteLength(bad.payload)), bad.payload);
+  t.ok(r.bodySent);
+  t.match(finalOf(r.out), /^HTTP\/1\.1 401 /, 'a wrong signature: 401 once the body is read');
+  t.equal(codeOf(finalOf(r.out)), 'AUTH_001');
+  t.equal(h.seen.length, before, 'nothing reached the upstream');
+
+  const big = seedSign('POST', '/signed/orders', { blob: 'x'.repeat(5000) });
+  r = await continueRequest(h, fx, head('/signed/orders', big.headers, Buffer.byteLength(big.payload), false), big.payload);
+  t.match(r.out, /^HTTP\/1\.1 413 /, 'a declared body over maxBodyBytes: 413 with no 100');
+  t.equal(codeOf(r.out), 'BODY_TOO_LARGE');
+  t.same([r.bodySent, r.serverClosed], [false, true]);
+  t.equal(h.seen.length, before, 'nothing reached the upstream');
 });
 
 function vectorRequest(c: { signature_input: string; signature: string }, path = '/foo?param=Value&Pet=dog') {

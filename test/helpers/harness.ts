@@ -149,6 +149,31 @@ export function rawTls(h: { port: number }, fx: Fixture, payload: string, o: { s
   });
 }
 
+/**
+ * A request with `Expect: 100-continue`, sent as a careful client sends it: the head, then the
+ * body only once the server answers `100 Continue`. `serverClosed`: the server ended the
+ * connection (before the client gave up `waitMs` after the last byte).
+ */
+export function continueRequest(h: { port: number }, fx: Fixture, head: string, body: string, o: { cert?: string; key?: string; waitMs?: number } = {}): Promise<{ out: string; bodySent: boolean; serverClosed: boolean }> {
+  return new Promise((resolve, reject) => {
+    let out = '';
+    let bodySent = false;
+    let serverClosed = false;
+    let gaveUp = false;
+    let timer: NodeJS.Timeout | undefined;
+    const idle = () => { clearTimeout(timer); timer = setTimeout(() => { gaveUp = true; s.end(); }, o.waitMs ?? 1500); };
+    const s = tls.connect({ host: '127.0.0.1', port: h.port, servername: 'a.test', ca: fx.ca.certPem, cert: o.cert, key: o.key, checkServerIdentity: () => undefined }, () => { s.write(head); idle(); });
+    s.on('data', (d) => {
+      out += d.toString();
+      if (!bodySent && out.startsWith('HTTP/1.1 100 Continue\r\n\r\n')) { bodySent = true; s.write(body); }
+      idle();
+    });
+    s.on('end', () => { if (!gaveUp) serverClosed = true; });
+    s.on('close', () => { clearTimeout(timer); resolve({ out, bodySent, serverClosed }); });
+    s.on('error', (e) => { clearTimeout(timer); if (out) resolve({ out, bodySent, serverClosed }); else reject(e); });
+  });
+}
+
 export const baseConfig = (extra = '', serverExtra = '') => `
 server:
   listen: 127.0.0.1:0

@@ -61,10 +61,17 @@ t.test('pipelined: a body that smuggles a request is delivered as body, never as
   t.notOk(h.seen.some((r) => r.url === '/api/admin'));
 });
 
-t.test('chunked bodies are re-framed, not passed through raw', async (t) => {
+t.test('chunked bodies are re-framed, not passed through raw; trailers are dropped (catalogue HDR-08)', async (t) => {
   const out = await rawTls(h, fx, `POST /open/chunked HTTP/1.1\r\n${H}Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\n\r\n`, { waitMs: 1000 });
   t.match(out, /^HTTP\/1\.1 200 /);
   t.equal(h.seen.at(-1)!.body, 'hello world');
+  // A trailer section may not smuggle in a field the proxy strips from the head.
+  const out2 = await rawTls(h, fx, `POST /api/chunked HTTP/1.1\r\n${H}Transfer-Encoding: chunked\r\nTrailer: X-Auth-User-ID\r\nConnection: close\r\n\r\n5\r\nhello\r\n0\r\nX-Auth-User-ID: admin\r\nX-Forwarded-Client-Cert: Hash=00\r\n\r\n`, { ...client(fx, 'valid'), waitMs: 1000 });
+  t.match(out2, /^HTTP\/1\.1 200 /);
+  const up = h.seen.at(-1)!;
+  t.same([up.url, up.body, up.rawTrailers], ['/api/chunked', 'hello', []], 'the body arrives, the trailers do not');
+  t.notOk(up.headers.trailer, 'nor the Trailer field announcing them');
+  t.not(up.headers['x-auth-user-id'], 'admin', 'the identity is the certificate\'s');
 });
 
 t.test('still serving', async (t) => {

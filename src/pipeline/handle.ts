@@ -242,6 +242,12 @@ export function createHandler(deps: HandlerDeps) {
       this.broken = true;
     }
 
+    get stallMs(): number { return this.cfg.server.timeouts.idleMs; }
+
+    onStalled(): void {
+      logger.info({ msg: 'client stopped reading the response: connection closed', requestId: this.id, idleMs: this.stallMs });
+    }
+
     /** The response is finished or the connection closed: the one place a request is logged and counted. */
     closed(): void {
       inFlight--;

@@ -39,6 +39,10 @@ export interface Forwarded {
   onError(f: UpstreamFailure, detail: string): void;
   /** The upstream failed after the head was relayed: the client's response is cut. */
   onBroken(f: UpstreamFailure, detail: string): void;
+  /** How long a response may wait on a client that reads none of it (`server.timeouts.idleMs`). */
+  readonly stallMs: number;
+  /** The client read nothing for `stallMs`: its connection is about to be cut. */
+  onStalled(): void;
 }
 
 /** Relays one upstream response into `res`; one object per request (a closure only under backpressure). */
@@ -48,6 +52,8 @@ class Relay implements ExchangeHandler {
   readonly #pool: Http1Pool;
   #ex: Exchange | undefined;
   #resume: (() => void) | undefined;
+  /** Armed only while the client holds the response back (backpressure). */
+  #stall: NodeJS.Timeout | undefined;
 
   constructor(res: http.ServerResponse, f: Forwarded, pool: Http1Pool) {
     this.#res = res;
@@ -87,7 +93,12 @@ class Relay implements ExchangeHandler {
 
   onData(chunk: Buffer): boolean {
     if (this.#res.write(chunk)) return true;
-    this.#res.once('drain', this.#resume ??= () => { if (this.#ex) this.#pool.resume(this.#ex); });
+    this.#res.once('drain', this.#resume ??= () => {
+      clearTimeout(this.#stall);
+      this.#stall = undefined;
+      if (this.#ex) this.#pool.resume(this.#ex);
+    });
+    this.#watch();
     return false;
   }
 
@@ -97,6 +108,24 @@ class Relay implements ExchangeHandler {
     // a string piece (latin1 bytes) goes out in one string with the head.
     if (last !== undefined) this.#res.end(last, 'latin1');
     else this.#res.end();
+    // All relayed, but more than a socket buffer of it waits for a client that is not reading.
+    if (this.#res.socket?.writableNeedDrain) this.#watch();
+  }
+
+  /**
+   * The client is holding the response back: if it reads nothing more for `stallMs`, cut its
+   * connection, and with it the upstream exchange (catalogue DOS-03, slow read). Otherwise
+   * such a client would hold a connection on both legs for ever.
+   */
+  #watch(): void {
+    if (this.#stall) return;
+    this.#stall = setTimeout(() => {
+      this.#stall = undefined;
+      const res = this.#res;
+      if (res.destroyed || res.writableFinished) return;
+      this.#f.onStalled();
+      res.destroy();
+    }, this.#f.stallMs).unref();
   }
 
   onError(code: string, timeout: boolean): void {

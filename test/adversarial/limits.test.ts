@@ -5,7 +5,7 @@ import t from 'tap';
 import tls from 'node:tls';
 import { createHmac } from 'node:crypto';
 import { makeFixture } from '../helpers/pki.ts';
-import { startHarness, rawTls, request, baseConfig, type Harness } from '../helpers/harness.ts';
+import { startHarness, rawTls, request, baseConfig, until, type Harness } from '../helpers/harness.ts';
 
 const fx = makeFixture();
 const cfg = (server: string) => baseConfig(`
@@ -94,6 +94,41 @@ t.test('an idle keep-alive connection is closed after idleMs', async (t) => {
   const r = await done;
   t.match(r.data, /^HTTP\/1\.1 200 /);
   t.ok(r.ms >= 500 && r.ms < 3000, `closed ${r.ms} ms after the response (idleMs 600)`);
+});
+
+// Catalogue DOS-03 (slowhttptest -X): a client that asks for a large response and stops
+// reading it would otherwise hold its connection and an upstream connection for ever.
+t.test('slow read: a client that stops reading a response is cut off after idleMs, and so is the upstream exchange', async (t) => {
+  const BIG = Buffer.alloc(64 << 20, 'x'); // far more than the socket buffers on either leg hold
+  let upstream: 'finished' | 'cut' | undefined;
+  const slow = await startHarness(fx, cfg('  timeouts: { headersMs: 600, requestMs: 1500, idleMs: 600 }'), {
+    upstreamHandler: (_req, res) => {
+      res.once('close', () => { upstream = res.writableFinished ? 'finished' : 'cut'; });
+      res.writeHead(200, { 'content-type': 'application/octet-stream', 'content-length': BIG.length });
+      res.end(BIG);
+    },
+  });
+  t.teardown(() => slow.close());
+  const s = await new Promise<tls.TLSSocket>((resolve, reject) => {
+    const c = tls.connect({ host: '127.0.0.1', port: slow.port, servername: 'a.test', ca: fx.ca.certPem, checkServerIdentity: () => undefined }, () => resolve(c));
+    c.on('error', reject);
+  });
+  s.on('error', () => {});
+  s.write('GET /big HTTP/1.1\r\nHost: a.test\r\n\r\n');
+  s.pause(); // reads nothing from here on
+  await until('the upstream exchange to end', () => upstream !== undefined, 15_000);
+  t.equal(upstream, 'cut', 'the proxy closed its upstream connection mid-response');
+  await until('the proxy to log the stalled client', () => slow.logs.some((l) => l.msg === 'client stopped reading the response: connection closed'));
+  const line = slow.logs.find((l) => l.msg === 'client stopped reading the response: connection closed')!;
+  t.same([line.idleMs, typeof line.requestId], [600, 'string']);
+  // What the client can still read is a cut response, never the whole body.
+  let got = 0;
+  s.on('data', (d: Buffer) => { got += d.length; });
+  s.resume();
+  await new Promise((r) => s.once('close', r));
+  t.ok(got > 0 && got < BIG.length, `the client read ${got} of ${BIG.length} bytes, then the connection closed`);
+  const r = await request(slow, fx, { path: '/still' });
+  t.equal(r.status, 200, 'still serving');
 });
 
 t.test('server.maxConnections: connections over the cap are refused, logged and counted', async (t) => {

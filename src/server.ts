@@ -10,7 +10,7 @@ import { ConfigError } from './errors.ts';
 import type { Logger } from './log.ts';
 import { createMetrics, type Metrics } from './metrics.ts';
 import { connectionInfo, type ConnectionInfo } from './tls/peer.ts';
-import { createHandler } from './pipeline/handle.ts';
+import { answered, createHandler } from './pipeline/handle.ts';
 import { Upstream } from './pipeline/upstream.ts';
 import { ConfigWatcher } from './watch.ts';
 
@@ -131,7 +131,8 @@ export class PortcullisServer {
       });
     });
     this.#https.on('clientError', (err: Error & { code?: string }, socket: Duplex) => {
-      if (!socket.writable) { socket.destroy(); return; }
+      // A request timeout while the rest of an answered request is discarded: no second answer.
+      if (!socket.writable || answered(socket)) { socket.destroy(); return; }
       const status = err.code === 'HPE_HEADER_OVERFLOW' ? 431 : err.code === 'ERR_HTTP_REQUEST_TIMEOUT' ? 408 : 400;
       const code = status === 431 ? 'HEADERS_TOO_LARGE' : 'BAD_REQUEST';
       const body = JSON.stringify({ error: { code, message: status === 431 ? 'Request headers too large' : status === 408 ? 'Request timeout' : 'Malformed request', requestId: 'none' } });

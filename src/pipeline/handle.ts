@@ -53,6 +53,36 @@ function readBody(req: IncomingMessage, max: number, proceed: () => void): Promi
   });
 }
 
+/** How long, and how many more body bytes, a connection lingers after an early response. */
+const LINGER_MS = 2000;
+const LINGER_BYTES = 1 << 20;
+
+/**
+ * The response is done but the request's body is still arriving: a refusal (401, 413, ...)
+ * or an upstream that answered early. Read and discard the rest for at most LINGER_MS and
+ * LINGER_BYTES, and close the connection if it has not ended by then (catalogue DOS-05,
+ * SMUG-09). Closing at once could reset the connection before the client read its
+ * response (a lingering close, as nginx and Envoy do); reading for ever would let a
+ * refused client stream at will, and a request timeout would later answer it twice.
+ */
+const lingering = new WeakSet<object>();
+function linger(req: IncomingMessage): void {
+  const socket = req.socket;
+  if (socket.destroyed || lingering.has(socket)) return;
+  lingering.add(socket);
+  let seen = 0;
+  const cut = () => { lingering.delete(socket); socket.destroy(); };
+  const timer = setTimeout(cut, LINGER_MS).unref();
+  req.on('data', (c: Buffer) => { seen += c.length; if (seen > LINGER_BYTES) { clearTimeout(timer); cut(); } });
+  req.once('end', () => { clearTimeout(timer); lingering.delete(socket); });
+  req.resume();
+}
+
+/** A connection discarding the rest of a request that was already answered: never answer it again. */
+export function answered(socket: object): boolean {
+  return lingering.has(socket);
+}
+
 export function createHandler(deps: HandlerDeps) {
   const { logger, metrics } = deps;
 
@@ -253,6 +283,7 @@ export function createHandler(deps: HandlerDeps) {
       inFlight--;
       const finished = this.res.writableFinished;
       if (!finished) this.cancel?.();
+      else if (!this.req.complete && !this.req.readableEnded) linger(this.req);
       const ctx = this.ctx;
       // 499: the client left; a response the upstream broke off keeps the status the client saw.
       logAccess(this.cfg, ctx, this.id, ctx?.method ?? this.req.method, this.d, this.code, finished || this.broken ? this.res.statusCode : 499, this.t0, this.upstreamMs);

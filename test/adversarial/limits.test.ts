@@ -66,6 +66,36 @@ t.test('a body over maxBodyBytes on a route that reads it -> 413 (declared or ch
   t.equal(ok.status, 200);
 });
 
+// After an early answer the rest of the body is read and thrown away for a little while
+// (a lingering close): a short remainder keeps the connection in step for the next request;
+// an endless or dribbling one gets the connection closed, and never a second answer.
+t.test('a refused body still arriving: the rest is discarded, the connection stays in step, and there is one answer only', async (t) => {
+  const before = h.seen.length;
+  const chunk = 'x'.repeat(600);
+  const out = await rawTls(h, fx, `POST /signed/x HTTP/1.1\r\nHost: a.test\r\nX-API-Key: c1\r\nTransfer-Encoding: chunked\r\n\r\n258\r\n${chunk}\r\n258\r\n${chunk}\r\n258\r\n${chunk}\r\n0\r\n\r\nGET /next HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n`, { waitMs: 3000 });
+  t.same(out.match(/HTTP\/1\.1 \d{3}/g), ['HTTP/1.1 413', 'HTTP/1.1 200'], 'the body over the cap is refused, the request after it served');
+  t.same(h.seen.slice(before).map((r) => r.url), ['/next'], 'and only that one reached the upstream');
+
+  const endless = async (pace: 'flood' | 'dribble') => {
+    const s = await connect();
+    const done = closed(s);
+    s.write(`POST /signed/x HTTP/1.1\r\nHost: a.test\r\nX-API-Key: c1\r\n${pace === 'flood' ? 'Transfer-Encoding: chunked' : 'Content-Length: 5000'}\r\n\r\n`);
+    const piece = pace === 'flood' ? `10000\r\n${'y'.repeat(0x10000)}\r\n` : 'y';
+    const iv = setInterval(() => { if (!s.destroyed) s.write(piece); }, pace === 'flood' ? 5 : 100);
+    const stop = setTimeout(() => s.destroy(), 8000);
+    const r = await done;
+    clearInterval(iv);
+    clearTimeout(stop);
+    return r;
+  };
+  for (const pace of ['flood', 'dribble'] as const) {
+    const r = await endless(pace);
+    t.same(r.data.match(/HTTP\/1\.1 \d{3}/g), ['HTTP/1.1 413'], `${pace}: one answer, the 413, and no 408 after it`);
+    t.ok(r.ms < 7000, `${pace}: the proxy closed the connection (after ${r.ms} ms)`);
+  }
+  t.equal(h.seen.length, before + 1);
+});
+
 t.test('slowloris: a request head not finished within headersMs is cut off', async (t) => {
   const s = await connect();
   const done = closed(s);

@@ -289,6 +289,45 @@ t.test('a client that leaves while the upstream is answering: the upstream excha
   t.equal((await request(h, fx, { path: '/fine' })).status, 200, 'and the proxy keeps serving');
 });
 
+t.test('an upstream that answers before the body is all sent: one answer, the rest discarded, the connection in step or closed', async (t) => {
+  const h = await startHarness(fx, baseConfig(policies), {
+    upstreamHandler: (req, res) => { res.end(`early ${req.url}`); }, // reads nothing of the body
+  });
+  t.teardown(() => h.close());
+  const open = () => new Promise<tls.TLSSocket>((resolve, reject) => {
+    const s = tls.connect({ host: '127.0.0.1', port: h.port, servername: 'a.test', ca: fx.ca.certPem, checkServerIdentity: () => undefined }, () => resolve(s));
+    s.on('error', reject);
+  });
+  const statuses = (out: string) => out.match(/HTTP\/1\.1 \d{3}/g);
+  const piece = `4000\r\n${'z'.repeat(0x4000)}\r\n`;
+
+  // The body goes on for a while after the answer, then ends; the next request is served.
+  let s = await open();
+  let out = '';
+  s.on('data', (d) => { out += d; });
+  s.write(`POST /upload HTTP/1.1\r\nHost: a.test\r\nTransfer-Encoding: chunked\r\n\r\n${piece}`);
+  await until('the early answer', () => out.includes('early /upload'));
+  s.write(`${piece.repeat(4)}0\r\n\r\nGET /after HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n`);
+  await new Promise((r) => s.once('close', r));
+  t.same(statuses(out), ['HTTP/1.1 200', 'HTTP/1.1 200'], 'the upload answered once, the next request served on the same connection');
+  t.match(out, /early \/after/);
+
+  // A body that never ends: the connection is closed, with no second answer.
+  s = await open();
+  out = '';
+  s.on('data', (d) => { out += d; });
+  s.on('error', () => {});
+  s.write(`POST /upload HTTP/1.1\r\nHost: a.test\r\nTransfer-Encoding: chunked\r\n\r\n`);
+  const iv = setInterval(() => { if (!s.destroyed) s.write(piece.repeat(4)); }, 5);
+  let gaveUp = false;
+  const stop = setTimeout(() => { gaveUp = true; s.destroy(); }, 10_000);
+  await new Promise((r) => s.once('close', r));
+  clearInterval(iv);
+  clearTimeout(stop);
+  t.same([statuses(out), gaveUp], [['HTTP/1.1 200'], false], 'answered once, then the connection closed by the proxy');
+  t.equal((await request(h, fx, { path: '/fine' })).status, 200, 'and the proxy keeps serving');
+});
+
 /** Portcullis in front of a raw TCP upstream that answers with hand-written bytes. */
 async function behindRawUpstream(t: { teardown(fn: () => unknown): void }, onConnection: (s: Socket) => void) {
   const raw = createServer(onConnection);

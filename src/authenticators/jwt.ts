@@ -67,6 +67,8 @@ interface Cached { readonly token: string; readonly v: Verified; verdict?: Verdi
 const KEY_CHARS = 43;
 const keyOf = (token: string): string => (token.length > KEY_CHARS ? token.slice(-KEY_CHARS) : token);
 
+const NUMERIC_DATES = ['exp', 'nbf', 'iat'] as const;
+
 const JOSE_CODES: Record<string, AuthCode> = {
   ERR_JWT_EXPIRED: 'AUTH_002',
   ERR_JWT_CLAIM_VALIDATION_FAILED: 'AUTH_001',
@@ -173,6 +175,14 @@ export const jwt = defineAuthenticator({
           requiredClaims: cfg.requireExp ? ['exp'] : [],
           currentDate: new Date(now),
         });
+        // jose takes JSON's 1e309 (Infinity) as a date: a token that never expires, or an nbf
+        // any clock passes. A token issued after now (beyond the tolerance) is not valid yet
+        // either (catalogue JWT-06).
+        for (const c of NUMERIC_DATES) {
+          const v = payload[c];
+          if (v !== undefined && !Number.isFinite(v)) return deny('AUTH_001', `token rejected: "${c}" is not a finite NumericDate`);
+        }
+        if (payload.iat !== undefined && payload.iat * 1000 > now + tolMs) return deny('AUTH_001', 'token rejected: "iat" is in the future');
         const sub = payload[cfg.subjectClaim];
         return {
           payload,

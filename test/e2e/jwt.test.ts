@@ -192,6 +192,17 @@ t.test('the JWT attack battery: each refused with its exact code, nothing forwar
   const critInput = `${b64({ alg: 'RS256', kid: 'k1', crit: ['x-unknown'], 'x-unknown': 1 })}.${b64(payload)}`;
   const crit = `${critInput}.${sign('sha256', Buffer.from(critInput), rsa.privateKey).toString('base64url')}`;
   await expectDenied(t, '/orders', bearer(crit), 401, 'AUTH_001', 'unknown crit');
+  // NumericDates no clock can pass (JSON's 1e309 parses as Infinity), a token issued in the
+  // future, and a date as a string (catalogue JWT-06); each validly signed by the issuer's key.
+  const rawClaims = (claims: string) => {
+    const input = `${b64({ alg: 'RS256', kid: 'k1' })}.${Buffer.from(`{"sub":"x","iss":"https://auth.example.com","aud":"api",${claims}}`).toString('base64url')}`;
+    return `${input}.${sign('sha256', Buffer.from(input), rsa.privateKey).toString('base64url')}`;
+  };
+  await expectDenied(t, '/orders', bearer(rawClaims('"exp":1e309')), 401, 'AUTH_001', 'exp 1e309 (a token that would never expire)');
+  await expectDenied(t, '/orders', bearer(rawClaims(`"exp":${now() + 300},"nbf":-1e309`)), 401, 'AUTH_001', 'nbf -1e309');
+  await expectDenied(t, '/orders', bearer(rawClaims(`"exp":${now() + 300},"iat":${now() + 600}`)), 401, 'AUTH_001', 'iat in the future');
+  await expectDenied(t, '/orders', bearer(rawClaims(`"exp":"${now() + 300}"`)), 401, 'AUTH_001', 'exp as a string');
+  t.equal((await get('/orders', bearer(rawClaims(`"exp":${now() + 300}.5,"iat":${now() - 10}`)))).status, 200, 'a fractional exp and a past iat are fine (RFC 7519 NumericDate)');
   await expectDenied(t, '/orders', bearer(corp({ pad: 'x'.repeat(10_000) })), 401, 'AUTH_003', 'oversized token');
   await expectDenied(t, '/orders', bearer('not-a-token'), 401, 'AUTH_003', 'malformed');
   await expectDenied(t, '/orders', bearer('e30.e30.e30.e30'), 401, 'AUTH_003', 'four segments');

@@ -83,6 +83,25 @@ const JOSE_CODES: Record<string, AuthCode> = {
 };
 
 const COMPACT = /^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*$/;
+const B64URL = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_';
+
+/**
+ * Canonical base64url (RFC 4648 §3.5): a length that encodes whole bytes and no unused bits
+ * set in the last character. Otherwise one signature has many spellings, each a token of its
+ * own to the cache and to any list of tokens (catalogue JWT-10).
+ */
+function canonicalSegments(token: string): boolean {
+  let start = 0;
+  for (;;) {
+    const end = token.indexOf('.', start);
+    const stop = end < 0 ? token.length : end;
+    const r = (stop - start) % 4;
+    if (r === 1) return false;
+    if (r !== 0 && (B64URL.indexOf(token[stop - 1]!) & (r === 2 ? 15 : 3)) !== 0) return false;
+    if (end < 0) return true;
+    start = end + 1;
+  }
+}
 
 export function scopesOf(v: unknown): string[] {
   if (typeof v === 'string') return v.split(/\s+/).filter(Boolean);
@@ -224,6 +243,7 @@ export const jwt = defineAuthenticator({
         const token = found.token;
         if (token.length > cfg.maxTokenBytes) return deny('AUTH_003', `token is ${token.length} bytes, over maxTokenBytes`);
         if (!COMPACT.test(token)) return deny('AUTH_003', 'not a compact JWS (three base64url parts)');
+        if (!canonicalSegments(token)) return deny('AUTH_003', 'not canonical base64url');
         const key = keyOf(token);
         const c = cache?.get(key);
         if (c && c.token === token) {

@@ -92,11 +92,16 @@ export function buildContext(head: RequestHead, conn: ConnectionInfo, cfg: Compi
     return fail('BAD_REQUEST', 'Transfer-Encoding in an HTTP/1.0 request');
   }
   let hostCount = 0;
+  let authorizationCount = 0;
   for (let i = 0; i < head.rawHeaders.length; i += 2) {
     const name = head.rawHeaders[i]!;
     if (name.length === 4 && name.toLowerCase() === 'host') hostCount++;
+    else if (name.length === 13 && name.toLowerCase() === 'authorization') authorizationCount++;
   }
   if (hostCount > 1) return fail('BAD_REQUEST', 'more than one Host header');
+  // Node keeps the first Authorization and drops the others unseen: two are never one
+  // credential (RFC 9110 §5.3; catalogue JWT-10, APIK-05), and an upstream may read the other.
+  if (authorizationCount > 1) return fail('BAD_REQUEST', 'more than one Authorization header');
 
   let target = head.url ?? '';
   let authority = head.headers.host ?? '';

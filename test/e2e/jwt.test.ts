@@ -206,6 +206,15 @@ t.test('the JWT attack battery: each refused with its exact code, nothing forwar
   await expectDenied(t, '/orders', bearer(corp({ pad: 'x'.repeat(10_000) })), 401, 'AUTH_003', 'oversized token');
   await expectDenied(t, '/orders', bearer('not-a-token'), 401, 'AUTH_003', 'malformed');
   await expectDenied(t, '/orders', bearer('e30.e30.e30.e30'), 401, 'AUTH_003', 'four segments');
+  // One signature, another spelling: unused bits set in the last character (catalogue JWT-10).
+  const [gh, gp, gs] = good.split('.') as [string, string, string];
+  const ALPHA = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_';
+  const respelt = `${gh}.${gp}.${gs.slice(0, -1)}${ALPHA[ALPHA.indexOf(gs.at(-1)!) ^ 1]}`;
+  t.equal(Buffer.from(respelt.split('.')[2]!, 'base64url').compare(Buffer.from(gs, 'base64url')), 0, 'the respelt signature decodes to the same bytes');
+  await expectDenied(t, '/orders', bearer(respelt), 401, 'AUTH_003', 'non-canonical base64url');
+  // Two Authorization headers: Node would keep the first and drop the other unseen.
+  await expectDenied(t, '/orders', { headers: { authorization: [`Bearer ${good}`, 'Bearer forged'] } }, 400, 'BAD_REQUEST', 'two Authorization headers, the valid one first');
+  await expectDenied(t, '/orders', { headers: { authorization: ['Bearer forged', `Bearer ${good}`] } }, 400, 'BAD_REQUEST', 'two Authorization headers, the valid one last');
   const r = await expectDenied(t, '/orders', {}, 401, 'AUTH_003', 'no token');
   t.equal(r.headers['www-authenticate'], 'Bearer error="invalid_token"', 'RFC 6750 challenge');
   const audit = h.logs.filter((l) => l.msg === 'denied' && l.policy === 'api');

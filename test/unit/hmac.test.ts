@@ -95,6 +95,24 @@ t.test('parameters: alg must match the key, expires, tag, required coverage, bod
   }
 });
 
+// RFC 9421 §7.2.5–7.2.6, catalogue HMAC-08: with several signatures, the one verified is the
+// configured label, else the first present in both fields; any other never stands in for it.
+t.test('several signatures: the chosen one must verify, and another label never stands in for it', async (t) => {
+  const a = make();
+  const good = signed('ed');
+  const [gi, gs] = [good.headers['signature-input'] as string, good.headers['signature'] as string];
+  const forgedInput = `sig0=("@method" "@target-uri");created=${NOW / 1000};keyid="ed"`;
+  const forged = 'sig0=:' + Buffer.alloc(64, 7).toString('base64') + ':';
+  const withExtra = (input: string, sig: string) => ({ ...good, headers: { ...good.headers, 'signature-input': input, signature: sig } });
+  t.equal(code(await a.verify(withExtra(`${forgedInput}, ${gi}`, `${forged}, ${gs}`))), 'AUTH_001', 'a forged signature added first is the one verified, and fails');
+  t.equal(code(await a.verify(withExtra(`${gi}, ${forgedInput}`, `${gs}, ${forged}`))), 'allow', 'a forged one added after the valid one changes nothing');
+  t.equal(code(await make({ label: 'sig0' }).verify(withExtra(`${gi}, ${forgedInput}`, `${gs}, ${forged}`))), 'AUTH_001', 'the configured label is verified, not the valid one beside it');
+  t.equal(code(await make({ label: 'sig1' }).verify(withExtra(`${forgedInput}, ${gi}`, `${forged}, ${gs}`))), 'allow', 'the configured label found after another');
+  // The same label twice (two header lines, joined): RFC 8941 keeps the last, which must verify.
+  const otherInput = gi.replace('keyid="ed"', 'keyid="ec"');
+  t.equal(code(await a.verify(withExtra(`${gi}, ${otherInput}`, gs))), 'AUTH_001', 'a second sig1 in Signature-Input replaces the first');
+});
+
 t.test('nonce store: replays refused; when full of live nonces it refuses rather than forgets', async (t) => {
   const s = new MemoryNonceStore(3);
   t.equal(s.remember('a', 1000, 0), 'fresh');

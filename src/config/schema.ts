@@ -66,6 +66,8 @@ const policy = z.strictObject({
   match: z.strictObject({
     hosts: z.array(hostPattern).min(1).optional(),
     paths: z.array(z.string()).min(1).optional(),
+    /** Match `paths` in any letter case: for an upstream that folds case (IIS, some frameworks). */
+    caseInsensitive: z.boolean().default(false),
     methods: z.array(z.string().regex(/^[A-Za-z]+$/, 'must be an HTTP method').transform((m) => m.toUpperCase())).min(1).optional(),
   }),
   authenticate: requirement,

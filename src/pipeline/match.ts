@@ -47,7 +47,7 @@ export function compilePolicies(
     if (seen.has(p.name)) errors.push({ path: [...base, 'name'], message: `duplicate policy name "${p.name}"` });
     seen.add(p.name);
     const paths = p.match.paths?.map((g, j) => {
-      const re = compilePathGlob(g);
+      const re = compilePathGlob(g, p.match.caseInsensitive);
       if (typeof re === 'string') { errors.push({ path: [...base, 'match', 'paths', j], message: re }); return /$^/; }
       return re;
     });
@@ -70,7 +70,7 @@ export function compilePolicies(
       expiredStatus: p.deny?.expiredStatus ?? 401,
       summary: {
         hosts: p.match.hosts?.join(' ') ?? '*',
-        paths: p.match.paths?.join(' ') ?? '/**',
+        paths: (p.match.paths?.join(' ') ?? '/**') + (p.match.caseInsensitive && p.match.paths ? ' (any case)' : ''),
         methods: p.match.methods?.join(' ') ?? '*',
         authenticate: describe(p.authenticate),
         mode: p.mode,

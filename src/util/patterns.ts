@@ -7,7 +7,7 @@ const escapeRe = (s: string) => s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
  * depth, including none (`/admin/**` matches `/admin` and `/admin/a/b`).
  * Returns an error message for a malformed glob.
  */
-export function compilePathGlob(glob: string): RegExp | string {
+export function compilePathGlob(glob: string, caseInsensitive = false): RegExp | string {
   if (!glob.startsWith('/')) return `path glob "${glob}" must start with "/"`;
   if (/[?[\]{}\\#%\s]/.test(glob)) return `path glob "${glob}" may use only "*" and "**" as wildcards`;
   const segs = glob.split('/').slice(1);
@@ -23,7 +23,7 @@ export function compilePathGlob(glob: string): RegExp | string {
     if (s === '.' || s === '..') return `path glob "${glob}" must not contain dot segments`;
     re += '/' + s.split('*').map(escapeRe).join('[^/]*');
   }
-  return new RegExp(`^${re || '/'}$`);
+  return new RegExp(`^${re || '/'}$`, caseInsensitive ? 'i' : '');
 }
 
 /** Host pattern: exact (case-insensitive) or `*.example.com` for exactly one more label. */

@@ -96,6 +96,38 @@ t.test('path tricks never reach a protected path without its policy', async (t) 
   t.equal(h.seen.at(-1)!.url, '/public/a%20b?x=%2F..&y=1', 'query kept as sent, reserved escapes kept');
 });
 
+// Catalogue PATH-05: policies match paths case-sensitively (RFC 3986 §6.2.2.1); in front of an
+// upstream that folds case, /ADMIN would reach the admin pages under a laxer catch-all.
+t.test('match.caseInsensitive: a policy for an upstream that folds case catches /ADMIN too', async (t) => {
+  const ci = await startHarness(fx, baseConfig(`
+authenticators:
+  cert: { type: mtls }
+policies:
+  - name: admin
+    match: { paths: ["/admin/**"], caseInsensitive: true }
+    authenticate: cert
+  - name: reports
+    match: { paths: ["/reports/**"] }
+    authenticate: cert
+  - name: rest
+    match: { paths: ["/**"] }
+    authenticate: none
+`));
+  t.teardown(() => ci.close());
+  for (const p of ['/admin/users', '/ADMIN/users', '/Admin/Users', '/%41dmin/users', '/aDmIn']) {
+    const before = ci.seen.length;
+    const r = await request(ci, fx, { path: p });
+    t.same([r.status, r.json?.error?.code], [401, 'AUTH_010'], `${p}: the admin policy, a certificate required`);
+    t.equal(ci.seen.length, before, `${p}: upstream not reached`);
+    const ok = await request(ci, fx, { path: p, ...client(fx, 'valid') });
+    t.equal(ok.status, 200, `${p}: allowed with a certificate`);
+    t.equal(ci.seen.at(-1)!.url, p.replace('%41', 'A'), `${p}: forwarded in the case it was sent`);
+  }
+  const r = await request(ci, fx, { path: '/REPORTS/q1' });
+  t.equal(r.status, 200, 'case-sensitive by default: /REPORTS is another path, for the next policy');
+  t.equal(ci.logs.findLast((l) => l.msg === 'access')!.policy, 'rest');
+});
+
 t.test('spoofed identity headers never reach the upstream, in any spelling', async (t) => {
   const spoof = [
     'X-Auth-User-ID: admin', 'x-auth-user-id: admin2', 'X_Auth_User_ID: admin3', 'X-AUTH-METHOD: jwt',

@@ -130,6 +130,7 @@ export class PortcullisServer {
         socket.destroy();
       });
     });
+    this.#https.on('connect', (req: http.IncomingMessage, socket: Duplex) => handler.onConnect(req, socket));
     this.#https.on('clientError', (err: Error & { code?: string }, socket: Duplex) => {
       // A request timeout while the rest of an answered request is discarded: no second answer.
       if (!socket.writable || answered(socket)) { socket.destroy(); return; }

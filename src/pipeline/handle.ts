@@ -1,6 +1,7 @@
 // The request handler: the one module that imports every stage.
 // connection -> context -> decision -> header mutation -> upstream.
 import { STATUS_CODES, type IncomingMessage, type ServerResponse } from 'node:http';
+import { randomUUID } from 'node:crypto';
 import type { Duplex } from 'node:stream';
 import type { TLSSocket } from 'node:tls';
 import { ERRORS, errorBody, type ErrorCode } from '../errors.ts';
@@ -368,7 +369,17 @@ export function createHandler(deps: HandlerDeps) {
     });
   }
 
-  return { onRequest, onUpgrade, sendError, inFlight: () => inFlight };
+  /** CONNECT asks for a tunnel, which a reverse proxy does not give (catalogue PATH-09). */
+  function onConnect(req: IncomingMessage, socket: Duplex): void {
+    const t0 = performance.now();
+    const id = randomUUID();
+    socket.on('error', () => socket.destroy());
+    logger.info({ msg: 'bad request', requestId: id, code: 'BAD_REQUEST', reason: 'CONNECT is not served: Portcullis is a reverse proxy, not a tunnel', target: headerSafe(String(req.url).slice(0, 256)) });
+    sendErrorOnSocket(socket, 'BAD_REQUEST', id);
+    logAccess(deps.config(), undefined, id, 'CONNECT', undefined, 'BAD_REQUEST', 400, t0);
+  }
+
+  return { onRequest, onUpgrade, onConnect, sendError, inFlight: () => inFlight };
 }
 
 function statusText(status: number): string {

@@ -74,6 +74,18 @@ t.test('chunked bodies are re-framed, not passed through raw; trailers are dropp
   t.not(up.headers['x-auth-user-id'], 'admin', 'the identity is the certificate\'s');
 });
 
+// Catalogue PATH-09: a reverse proxy gives no tunnels and serves no server-wide OPTIONS.
+t.test('CONNECT and OPTIONS * -> 400 BAD_REQUEST as JSON, nothing forwarded', async (t) => {
+  for (const line of ['CONNECT a.test:443 HTTP/1.1', 'CONNECT 127.0.0.1:22 HTTP/1.1', 'OPTIONS * HTTP/1.1']) {
+    const before = h.seen.length;
+    const out = await rawTls(h, fx, `${line}\r\n${H}\r\n`, { ...client(fx, 'valid'), waitMs: 1500 });
+    t.match(out, /^HTTP\/1\.1 400 /, `${line}: 400`);
+    t.match(out, /"code":"BAD_REQUEST"/, `${line}: the JSON error`);
+    t.equal(h.seen.length, before, `${line}: the upstream saw nothing`);
+  }
+  t.ok(h.logs.some((l) => l.msg === 'bad request' && /CONNECT is not served/.test(l.reason)), 'the refusal is logged with its reason');
+});
+
 t.test('still serving', async (t) => {
   const r = await request(h, fx, { path: '/open/alive' });
   t.equal(r.status, 200);

@@ -166,6 +166,11 @@ export function buildTls(input: TlsInput, resolvePath: (p: string) => string, no
     try { key = createPrivateKey(keyPem); } catch (e) { issues.push({ path: ['tls', 'certificates', i, 'key'], message: `${c.key}: not a PEM private key (${(e as Error).message})` }); return; }
     if (!x.checkPrivateKey(key)) { issues.push({ path: ['tls', 'certificates', i, 'key'], message: `${c.key} does not match the certificate in ${c.cert}` }); return; }
     if (Date.parse(x.validTo) < now) issues.push({ path: ['tls', 'certificates', i, 'cert'], message: `${c.cert} expired at ${new Date(x.validTo).toISOString()}` });
+    if (Date.parse(x.validFrom) > now) issues.push({ path: ['tls', 'certificates', i, 'cert'], message: `${c.cert} is not valid before ${new Date(x.validFrom).toISOString()}` });
+    // A name the certificate does not cover fails every client that checks it (catalogue CERT-06);
+    // a reload with such a certificate keeps the one that serves.
+    const uncovered = c.hosts.filter((h) => !x.checkHost(h.startsWith('*.') ? `portcullis-check${h.slice(1)}` : h.replace(/\.$/, ''), { wildcards: true, singleLabelSubdomains: false }));
+    if (uncovered.length) issues.push({ path: ['tls', 'certificates', i, 'hosts'], message: `${c.cert} does not cover ${uncovered.join(', ')} (it names ${x.subjectAltName ?? x.subject.replace(/\n/g, ', ')})` });
     const options: SecureContextOptions = { ...base, cert: certPem, key: keyPem };
     let context: SecureContext;
     try { context = createSecureContext(options); } catch (e) { issues.push({ path: ['tls', 'certificates', i], message: `TLS context: ${(e as Error).message}` }); return; }

@@ -137,18 +137,33 @@ t.test('reload: a replaced certificate file is served on the next handshake; als
   t.teardown(() => h.close());
   t.equal(await serverSerial(h.port), fx.servers.a.cert.serialNumber.toUpperCase());
 
-  const next = issue({ cn: 'a.test', issuer: fx.ca, dns: ['a.test'], eku: ['serverAuth'] });
+  const next = issue({ cn: 'a.test', issuer: fx.ca, dns: ['a.test', 'api.a.test'], eku: ['serverAuth'] });
   write('..v2', next);
   symlinkSync('..v2', join(mount, '..tmp'));
   renameSync(join(mount, '..tmp'), join(mount, '..data')); // the atomic swap kubelet does
   await until('reload after symlink swap', () => h.logs.some((l) => l.msg === 'config reloaded'));
   t.equal(await serverSerial(h.port), next.cert.serialNumber.toUpperCase(), 'new handshakes get the new certificate');
 
-  const third = issue({ cn: 'a.test', issuer: fx.ca, dns: ['a.test'], eku: ['serverAuth'] });
+  const third = issue({ cn: 'a.test', issuer: fx.ca, dns: ['a.test', 'api.a.test'], eku: ['serverAuth'] });
   writeFileSync(join(mount, '..v2', 'tls.key'), third.keyPem);
   writeFileSync(join(mount, '..v2', 'tls.crt'), third.certPem);
   await until('reload after in-place write', () => h.logs.filter((l) => l.msg === 'config reloaded').length >= 2);
   t.equal(await serverSerial(h.port), third.cert.serialNumber.toUpperCase());
+
+  // Catalogue CERT-06: a certificate that does not cover a configured name, or is not valid
+  // yet, is refused; the one that serves stays.
+  const refusals = () => h.logs.filter((l) => l.msg === 'config reload refused; still serving the previous config').length;
+  for (const [what, bad, reason] of [
+    ['a certificate without api.a.test', issue({ cn: 'a.test', issuer: fx.ca, dns: ['a.test'], eku: ['serverAuth'] }), /does not cover api\.a\.test/],
+    ['a certificate not valid yet', issue({ cn: 'a.test', issuer: fx.ca, dns: ['a.test', 'api.a.test'], eku: ['serverAuth'], notBefore: new Date(Date.now() + 86_400_000) }), /is not valid before/],
+  ] as const) {
+    const before = refusals();
+    writeFileSync(join(mount, '..v2', 'tls.key'), bad.keyPem);
+    writeFileSync(join(mount, '..v2', 'tls.crt'), bad.certPem);
+    await until(`the reload with ${what} refused`, () => refusals() > before);
+    t.match(JSON.stringify(h.logs.filter((l) => l.msg === 'config reload refused; still serving the previous config').at(-1)), reason, `${what}: refused with the reason`);
+    t.equal(await serverSerial(h.port), third.cert.serialNumber.toUpperCase(), `${what}: the serving certificate stays`);
+  }
 });
 
 t.test('SIGTERM: in-flight request completes, new connections refused, /readyz 503, exit 0', async (t) => {

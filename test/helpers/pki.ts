@@ -28,7 +28,7 @@ export function makeFixture(): Fixture {
   const serverCa = ca;
   const now = Date.now();
   const servers = {
-    a: issue({ cn: 'a.test', issuer: serverCa, dns: ['a.test'], eku: ['serverAuth'] }),
+    a: issue({ cn: 'a.test', issuer: serverCa, dns: ['a.test', 'api.a.test'], eku: ['serverAuth'] }),
     b: issue({ cn: 'b.test', issuer: serverCa, dns: ['b.test'], eku: ['serverAuth'] }),
     wild: issue({ cn: '*.wild.test', issuer: serverCa, dns: ['*.wild.test'], eku: ['serverAuth'] }),
   };

@@ -3,6 +3,7 @@
 import { readFileSync } from 'node:fs';
 import { X509Certificate, createPrivateKey, randomBytes, constants as C, type KeyObject } from 'node:crypto';
 import { createSecureContext, type SecureContext, type SecureContextOptions } from 'node:tls';
+import { isIP } from 'node:net';
 import type { ConfigIssue } from '../errors.ts';
 import { pemBlocks, readCertificate, readCrl, nameToString, toPem } from './asn1.ts';
 
@@ -169,7 +170,9 @@ export function buildTls(input: TlsInput, resolvePath: (p: string) => string, no
     if (Date.parse(x.validFrom) > now) issues.push({ path: ['tls', 'certificates', i, 'cert'], message: `${c.cert} is not valid before ${new Date(x.validFrom).toISOString()}` });
     // A name the certificate does not cover fails every client that checks it (catalogue CERT-06);
     // a reload with such a certificate keeps the one that serves.
-    const uncovered = c.hosts.filter((h) => !x.checkHost(h.startsWith('*.') ? `portcullis-check${h.slice(1)}` : h.replace(/\.$/, ''), { wildcards: true, singleLabelSubdomains: false }));
+    const covers = (h: string) => isIP(h) ? x.checkIP(h) !== undefined
+      : x.checkHost(h.startsWith('*.') ? `portcullis-check${h.slice(1)}` : h.replace(/\.$/, ''), { wildcards: true, singleLabelSubdomains: false }) !== undefined;
+    const uncovered = c.hosts.filter((h) => !covers(h));
     if (uncovered.length) issues.push({ path: ['tls', 'certificates', i, 'hosts'], message: `${c.cert} does not cover ${uncovered.join(', ')} (it names ${x.subjectAltName ?? x.subject.replace(/\n/g, ', ')})` });
     const options: SecureContextOptions = { ...base, cert: certPem, key: keyPem };
     let context: SecureContext;

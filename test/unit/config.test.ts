@@ -64,6 +64,7 @@ t.test('error classes, each with position and path', async (t) => {
     ['unknown authenticator type', good.replace('type: mtls', 'type: mtlz'), /^FILE:14:\d+: authenticators\.cert\.type: unknown type; expected one of: mtls/],
     ['missing file', good.replace(`${fx.dir}/a.key`, `${fx.dir}/nope.key`), /^FILE:7:\d+: tls\.certificates\[0\]\.key: cannot read .*nope\.key: ENOENT$/],
     ['cert/key mismatch', good.replace(`${fx.dir}/a.key`, `${fx.dir}/b.key`), /tls\.certificates\[0\]\.key: .*b\.key does not match the certificate in .*a\.crt$/],
+    ['a certificate that does not cover a listed host', good.replace('hosts: [a.test]', 'hosts: [a.test, other.test, "10.1.2.3"]'), /tls\.certificates\[0\]\.hosts: .*a\.crt does not cover other\.test, 10\.1\.2\.3 \(it names DNS:a\.test, DNS:api\.a\.test\)$/],
     ['bad CIDR', good.replace('authenticate: none', 'authenticate: none\n    allowIps: [10.0.0.0/33]'), /^FILE:19:16: policies\[0\]\.allowIps\[0\]: must be an IP address or CIDR/],
     ['bad glob', good.replace('[/health]', '[health/**]'), /^FILE:17:\d+: policies\[0\]\.match\.paths\[0\]: path glob "health\/\*\*" must start with "\/"$/],
     ['bad glob 2', good.replace('[/health]', '["/a**"]'), /policies\[0\]\.match\.paths\[0\]: path glob "\/a\*\*": "\*\*" must be a whole segment$/],

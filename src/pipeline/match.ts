@@ -42,6 +42,7 @@ export function compilePolicies(
   errors: ConfigIssue[],
 ): CompiledPolicy[] {
   const seen = new Set<string>();
+  shadowedPolicies(raw, errors);
   return raw.map((p, i) => {
     const base = ['policies', i];
     if (seen.has(p.name)) errors.push({ path: [...base, 'name'], message: `duplicate policy name "${p.name}"` });
@@ -76,6 +77,42 @@ export function compilePolicies(
         mode: p.mode,
       },
     };
+  });
+}
+
+/** Does path glob `a` match every path glob `b` matches? Only the sure cases: equal, `/**`, `P/**` over `P` and below. */
+function globCovers(a: string, b: string): boolean {
+  if (a === b || a === '/**') return true;
+  if (!a.endsWith('/**')) return false;
+  const prefix = a.slice(0, -3);
+  return b === prefix || b.startsWith(prefix + '/');
+}
+
+/**
+ * A policy that can never match is dead config, and most often a hole: a catch-all
+ * written before the stricter policy it was meant to follow (catalogue CFG-03). An
+ * earlier policy shadows a later one when it matches every method, host and path the
+ * later one does; only the sure cases are reported.
+ */
+export function shadowedPolicies(raw: readonly RawPolicy[], errors: ConfigIssue[]): void {
+  const lower = (l?: readonly string[]) => l?.map((x) => x.toLowerCase());
+  raw.forEach((b, j) => {
+    for (let i = 0; i < j; i++) {
+      const a = raw[i]!;
+      const am = a.match.methods, bm = b.match.methods;
+      if (am && !(bm && bm.every((m) => am.includes(m)))) continue;
+      const ah = lower(a.match.hosts), bh = lower(b.match.hosts);
+      if (ah && !(bh && bh.every((h) => ah.includes(h)))) continue;
+      const ap = a.match.paths, bp = b.match.paths ?? ['/**'];
+      if (ap) {
+        // A case-insensitive later policy also matches spellings a case-sensitive one does not.
+        if (b.match.caseInsensitive && !a.match.caseInsensitive) continue;
+        const fold = (g: string) => (a.match.caseInsensitive ? g.toLowerCase() : g);
+        if (!bp.every((g) => ap.some((f) => globCovers(fold(f), fold(g))))) continue;
+      }
+      errors.push({ path: ['policies', j, 'match'], message: `policy "${b.name}" can never match: policy "${a.name}" (policies[${i}]) comes first and matches every request it would (first match wins); put "${b.name}" before it, or narrow "${a.name}"` });
+      return;
+    }
   });
 }
 

@@ -56,6 +56,32 @@ t.test('a good config loads and is frozen', async (t) => {
   t.equal(cfg.policies.length, 2);
 });
 
+// Catalogue CFG-03: a catch-all written before the stricter policy it should follow.
+t.test('a policy that an earlier one shadows is refused; policies that only overlap load', async (t) => {
+  const withPolicies = (policies: string) => good.slice(0, good.indexOf('policies:')) + 'policies:\n' + policies;
+  const P = (name: string, match: string, auth = 'cert') => `  - name: ${name}\n    match: ${match}\n    authenticate: ${auth}\n`;
+  const refused: [string, string, RegExp][] = [
+    ['catch-all first', P('open', '{ paths: ["/**"] }', 'none') + P('admin', '{ paths: ["/admin/**"] }'), /^FILE:\d+:\d+: policies\[1\]\.match: policy "admin" can never match: policy "open" \(policies\[0\]\) comes first/],
+    ['no match restriction first', P('open', '{}', 'none') + P('admin', '{ paths: ["/admin"], methods: [GET] }'), /policies\[1\]\.match: policy "admin" can never match/],
+    ['a parent glob first', P('api', '{ paths: ["/api/**"] }', 'none') + P('keys', '{ paths: ["/api/keys", "/api/keys/**"], methods: [POST] }'), /policies\[1\]\.match: policy "keys" can never match: policy "api"/],
+    ['same hosts and wider methods first', P('a', '{ hosts: [A.test], paths: ["/x"] }', 'none') + P('b', '{ hosts: [a.test], paths: ["/x"], methods: [get] }'), /policies\[1\]\.match: policy "b" can never match/],
+    ['case-insensitive first', P('ci', '{ paths: ["/Admin/**"], caseInsensitive: true }', 'none') + P('admin', '{ paths: ["/admin/users"] }'), /policies\[1\]\.match: policy "admin" can never match/],
+  ];
+  for (const [what, policies, re] of refused) {
+    const errs = errorsOf(withPolicies(policies));
+    t.equal(errs.length, 1, what);
+    t.match(errs[0], re, what);
+  }
+  const loads: [string, string][] = [
+    ['specific before catch-all', P('admin', '{ paths: ["/admin/**"] }') + P('open', '{ paths: ["/**"] }', 'none')],
+    ['earlier one limited by method', P('reads', '{ paths: ["/**"], methods: [GET] }', 'none') + P('writes', '{ paths: ["/**"] }')],
+    ['earlier one limited by host', P('a', '{ hosts: [a.test] }', 'none') + P('rest', '{}')],
+    ['a later case-insensitive one', P('admin', '{ paths: ["/admin/**"] }', 'none') + P('ci', '{ paths: ["/admin/**"], caseInsensitive: true }')],
+    ['a sibling prefix', P('api', '{ paths: ["/api/**"] }', 'none') + P('apix', '{ paths: ["/apix/**"] }')],
+  ];
+  for (const [what, policies] of loads) t.same(errorsOf(withPolicies(policies)), [], what);
+});
+
 t.test('error classes, each with position and path', async (t) => {
   const cases: [string, string, RegExp][] = [
     ['unknown top-level key', good + 'extra: 1\n', /^FILE:22:1: extra: unknown key "extra"$/],

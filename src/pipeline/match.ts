@@ -104,7 +104,7 @@ export function shadowedPolicies(raw: readonly RawPolicy[], errors: ConfigIssue[
       const ah = lower(a.match.hosts), bh = lower(b.match.hosts);
       if (ah && !(bh && bh.every((h) => ah.includes(h)))) continue;
       const ap = a.match.paths, bp = b.match.paths ?? ['/**'];
-      if (ap) {
+      if (ap && !ap.includes('/**')) {
         // A case-insensitive later policy also matches spellings a case-sensitive one does not.
         if (b.match.caseInsensitive && !a.match.caseInsensitive) continue;
         const fold = (g: string) => (a.match.caseInsensitive ? g.toLowerCase() : g);

@@ -65,6 +65,7 @@ t.test('a policy that an earlier one shadows is refused; policies that only over
     ['no match restriction first', P('open', '{}', 'none') + P('admin', '{ paths: ["/admin"], methods: [GET] }'), /policies\[1\]\.match: policy "admin" can never match/],
     ['a parent glob first', P('api', '{ paths: ["/api/**"] }', 'none') + P('keys', '{ paths: ["/api/keys", "/api/keys/**"], methods: [POST] }'), /policies\[1\]\.match: policy "keys" can never match: policy "api"/],
     ['same hosts and wider methods first', P('a', '{ hosts: [A.test], paths: ["/x"] }', 'none') + P('b', '{ hosts: [a.test], paths: ["/x"], methods: [get] }'), /policies\[1\]\.match: policy "b" can never match/],
+    ['a catch-all before a case-insensitive one', P('open', '{ paths: ["/**"] }', 'none') + P('ci', '{ paths: ["/admin/**"], caseInsensitive: true }'), /policies\[1\]\.match: policy "ci" can never match/],
     ['case-insensitive first', P('ci', '{ paths: ["/Admin/**"], caseInsensitive: true }', 'none') + P('admin', '{ paths: ["/admin/users"] }'), /policies\[1\]\.match: policy "admin" can never match/],
   ];
   for (const [what, policies, re] of refused) {

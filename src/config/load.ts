@@ -1,6 +1,9 @@
 // YAML text -> resolved references -> validated -> compiled -> frozen.
 // Every error carries file:line:col and the YAML path of the offending node.
-import { readFileSync } from 'node:fs';
+import { readFileSync, statSync } from 'node:fs';
+
+/** A config file over this is refused before it is read (catalogue CFG-04). */
+const MAX_CONFIG_BYTES = 4 << 20;
 import { dirname, resolve } from 'node:path';
 import { LineCounter, parseDocument, visit, isScalar, isMap, isPair, type Document, type Node as YamlNode } from 'yaml';
 import type { z } from 'zod';
@@ -96,7 +99,14 @@ export function parseConfigText(text: string, file: string, env: NodeJS.ProcessE
   });
   if (issues.length) throw new ConfigError(issues);
 
-  const parsed = configSchema.safeParse(doc.toJS() ?? {});
+  let plain: unknown;
+  try {
+    // The yaml library stops alias expansion past 100 aliases (a "billion laughs" bomb).
+    plain = doc.toJS({ maxAliasCount: 100 });
+  } catch (e) {
+    throw new ConfigError([{ path: [], message: `YAML aliases expand too far (${(e as Error).message}); a config never needs that many`, where: file }]);
+  }
+  const parsed = configSchema.safeParse(plain ?? {});
   if (!parsed.success) {
     throw new ConfigError(zodIssues(parsed.error).map((i) => {
       const node = locate(doc, i.path, i.message.startsWith('unknown key'));
@@ -111,8 +121,10 @@ export function loadConfig(file: string, opts: Partial<CompileOptions> = {}): Co
   const abs = resolve(file);
   let text: string;
   try {
+    if (statSync(abs).size > MAX_CONFIG_BYTES) throw new ConfigError([{ path: [], message: `config is over ${MAX_CONFIG_BYTES >> 20} MiB; keys and policies that large belong in keysFile or jwks files`, where: file }]);
     text = readFileSync(abs, 'utf8');
   } catch (e) {
+    if (e instanceof ConfigError) throw e;
     throw new ConfigError([{ path: [], message: `cannot read config: ${(e as NodeJS.ErrnoException).code ?? e}`, where: file }]);
   }
   const p = parseConfigText(text, file, opts.env);

@@ -83,6 +83,17 @@ t.test('a policy that an earlier one shadows is refused; policies that only over
   for (const [what, policies] of loads) t.same(errorsOf(withPolicies(policies)), [], what);
 });
 
+// Catalogue CFG-04: a "billion laughs" alias bomb and a huge file end in a config error, not a crash.
+t.test('a YAML alias bomb and an oversized file are refused with a config error', async (t) => {
+  const laughs = ['a: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]', ...'bcdefgh'.split('').map((k, i) => `${k}: &${k} [${Array(9).fill('*' + 'abcdefgh'[i]).join(', ')}]`)].join('\n');
+  const bomb = errorsOf(good + laughs + '\n');
+  t.equal(bomb.length, 1);
+  t.match(bomb[0], /^FILE: \(root\): YAML aliases expand too far/);
+  const f = join(dir, 'huge.yaml');
+  writeFileSync(f, good + '#'.repeat(5 << 20));
+  t.throws(() => loadConfig(f), { message: /config is over 4 MiB/ });
+});
+
 t.test('error classes, each with position and path', async (t) => {
   const cases: [string, string, RegExp][] = [
     ['unknown top-level key', good + 'extra: 1\n', /^FILE:22:1: extra: unknown key "extra"$/],

@@ -117,7 +117,7 @@ async function portcullisHandler(root: string): Promise<Handler> {
     upstream: () => upstream,
     connection: (s) => {
       let c = conns.get(s);
-      if (!c) { c = connectionInfo(s, Date.now()); conns.set(s, c); }
+      if (!c) { c = connectionInfo(s, Date.now(), cfg.tls.trustKey); conns.set(s, c); }
       return c;
     },
     logger: createLogger('warn'),

@@ -89,7 +89,7 @@ export class PortcullisServer {
       s.once('close', () => { this.#sockets.delete(s); this.metrics.connectionClosed(); });
     });
     this.#https.on('secureConnection', (s: TLSSocket) => {
-      const info = connectionInfo(s, this.now());
+      const info = connectionInfo(s, this.now(), this.#config.tls.trustKey);
       this.#conns.set(s, info);
       this.metrics.countHandshake(this.#config.tls.labelFor(info.sni), info.resumed ? 'resumed' : 'ok');
       const cc = info.clientCert;
@@ -109,7 +109,7 @@ export class PortcullisServer {
       upstream: () => this.#upstream,
       connection: (s) => {
         let c = this.#conns.get(s);
-        if (!c) { c = connectionInfo(s, this.now()); this.#conns.set(s, c); }
+        if (!c) { c = connectionInfo(s, this.now(), this.#config.tls.trustKey); this.#conns.set(s, c); }
         return c;
       },
       logger: this.logger,
@@ -225,6 +225,14 @@ export class PortcullisServer {
       setTimeout(() => old.close(), next.server.timeouts.shutdownMs).unref();
     }
     this.#config = next;
+    if (next.tls.trustKey !== prev.tls.trustKey) {
+      // A CA or CRL was added or removed: every live connection's verdict was reached under the
+      // old trust. Idle ones close now; busy ones after their current request; a request that
+      // starts on one gets 421 CONNECTION_STALE (catalogue CFG-07, CERT-05). Clients reconnect
+      // and are judged by a full handshake (sessions never resume across config loads).
+      this.#https.closeIdleConnections();
+      this.logger.info({ msg: 'client-certificate trust changed: closing connections judged under the previous trust' });
+    }
     this.#applyServerSettings(next);
     for (const a of next.authenticators.values()) a.start?.();
     this.#useStore(next);

@@ -54,6 +54,11 @@ function readBody(req: IncomingMessage, max: number, proceed: () => void): Promi
   });
 }
 
+/** The connection's client certificate was judged under a client-certificate trust since replaced. */
+function stale(conn: ConnectionInfo, cfg: CompiledConfig): boolean {
+  return conn.trust !== undefined && conn.trust !== cfg.tls.trustKey;
+}
+
 /** How long, and how many more body bytes, a connection lingers after an early response. */
 const LINGER_MS = 2000;
 const LINGER_BYTES = 1 << 20;
@@ -89,6 +94,7 @@ export function createHandler(deps: HandlerDeps) {
 
   function errorHeaders(code: ErrorCode, id: string, d?: Decision): Record<string, string> {
     const h: Record<string, string> = { 'content-type': 'application/json', 'cache-control': 'no-store', 'x-request-id': id };
+    if (code === 'CONNECTION_STALE') h.connection = 'close';
     if (ERRORS[code].status === 401 || (d?.status === 401)) h['www-authenticate'] = d ? challenge(d) : 'Portcullis realm="portcullis"';
     return h;
   }
@@ -150,6 +156,13 @@ export function createHandler(deps: HandlerDeps) {
    */
   function admit(req: IncomingMessage, cfg: CompiledConfig, ex: Outcome, refuse: Refuse): MaybePromise<Admitted | undefined> {
     const conn = deps.connection(req.socket as TLSSocket);
+    if (stale(conn, cfg)) {
+      ex.id = randomUUID();
+      ex.code = 'CONNECTION_STALE';
+      logger.info({ msg: 'request on a connection judged under the previous client-certificate trust: refused, closing', requestId: ex.id, sni: conn.sni });
+      refuse('CONNECTION_STALE', ex.id);
+      return undefined;
+    }
     const c = buildContext(req, conn, cfg);
     if (!c.ok) {
       logger.info({ msg: 'bad request', requestId: c.id, code: c.code, reason: c.reason, sni: conn.sni });
@@ -285,6 +298,8 @@ export function createHandler(deps: HandlerDeps) {
       const finished = this.res.writableFinished;
       if (!finished) this.cancel?.();
       else if (!this.req.complete && !this.req.readableEnded) linger(this.req);
+      // In flight when the client-certificate trust changed: this connection serves no more.
+      else if (this.ctx && stale(this.ctx.conn, deps.config())) this.req.socket.end();
       const ctx = this.ctx;
       // 499: the client left; a response the upstream broke off keeps the status the client saw.
       logAccess(this.cfg, ctx, this.id, ctx?.method ?? this.req.method, this.d, this.code, finished || this.broken ? this.res.statusCode : 499, this.t0, this.upstreamMs);

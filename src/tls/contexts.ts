@@ -1,7 +1,7 @@
 // Server certificates by SNI, and the client-certificate trust settings, built
 // once per config load. The server swaps the whole table on reload.
 import { readFileSync } from 'node:fs';
-import { X509Certificate, createPrivateKey, randomBytes, constants as C, type KeyObject } from 'node:crypto';
+import { X509Certificate, createHash, createPrivateKey, randomBytes, constants as C, type KeyObject } from 'node:crypto';
 import { createSecureContext, type SecureContext, type SecureContextOptions } from 'node:tls';
 import { isIP } from 'node:net';
 import type { ConfigIssue } from '../errors.ts';
@@ -49,6 +49,8 @@ export interface TlsTable {
   readonly crls: readonly { issuer: string; nextUpdate?: number }[];
   /** Parsed trust material, for `explain` (which verifies without a handshake). */
   readonly trust: { readonly cas: readonly X509Certificate[]; readonly revoked: ReadonlySet<string> };
+  /** Fingerprint of the client-certificate trust (CAs and CRLs): a change re-judges live connections. */
+  readonly trustKey: string;
   readonly files: readonly string[];
 }
 
@@ -215,6 +217,7 @@ export function buildTls(input: TlsInput, resolvePath: (p: string) => string, no
     clientCas,
     crls,
     trust: { cas: trustCas, revoked },
+    trustKey: createHash('sha256').update(ca ?? '').update('\0').update((crl ?? []).join('\0')).digest('hex'),
     files,
   };
 }

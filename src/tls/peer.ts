@@ -42,6 +42,8 @@ export interface ConnectionInfo {
   readonly tlsVersion?: string;
   readonly resumed: boolean;
   readonly clientCert: ClientCertVerdict;
+  /** The client-certificate trust (TlsTable.trustKey) the verdict was reached under. */
+  readonly trust?: string;
 }
 
 const OPENSSL_PROBLEMS: Record<string, CertProblem> = {
@@ -121,7 +123,7 @@ function normaliseSni(name: string | false | undefined): string | undefined {
  * dates are re-checked below against the clock, since a session may outlive
  * the certificate.
  */
-export function connectionInfo(socket: TLSSocket, now: number): ConnectionInfo {
+export function connectionInfo(socket: TLSSocket, now: number, trust?: string): ConnectionInfo {
   const resumed = socket.isSessionReused();
   const x509 = socket.getPeerX509Certificate();
   let clientCert: ClientCertVerdict;
@@ -150,5 +152,6 @@ export function connectionInfo(socket: TLSSocket, now: number): ConnectionInfo {
     tlsVersion: socket.getProtocol() ?? undefined,
     resumed,
     clientCert: Object.freeze(clientCert),
+    trust,
   });
 }

@@ -3,11 +3,12 @@
 // sessions across SNI names and keeps the first handshake's verdict).
 import t from 'tap';
 import https from 'node:https';
-import { writeFileSync } from 'node:fs';
-import type { TLSSocket } from 'node:tls';
+import { readFileSync, writeFileSync } from 'node:fs';
+import { connect as tlsConnect, type TLSSocket } from 'node:tls';
 import { makeFixture } from '../helpers/pki.ts';
-import { startHarness, client, baseConfig } from '../helpers/harness.ts';
+import { startHarness, client, baseConfig, until } from '../helpers/harness.ts';
 import { loadConfig } from '../../src/config/load.ts';
+import { makeCrl } from '../../src/tls/pki.ts';
 
 const fx = makeFixture();
 const policies = `
@@ -100,3 +101,66 @@ for (const version of ['TLSv1.2', 'TLSv1.3'] as const) {
     t.same([resumed.status, resumed.body.error.code], [401, 'AUTH_002'], 'but the expired certificate is refused');
   });
 }
+
+// Catalogue CFG-07 / CERT-05: a reload that revokes a connected client (a new CRL) must not
+// let its open connections go on with the verdict of the old trust.
+t.test('a reload that changes client-certificate trust: open connections are not judged by the old verdict', async (t) => {
+  const fx2 = makeFixture();
+  const h = await startHarness(fx2, baseConfig(policies), {
+    upstreamHandler: (req, res) => { setTimeout(() => res.end(`ok ${req.url}`), req.url === '/slow' ? 800 : 0); },
+  });
+  t.teardown(() => h.close());
+  const open = (who: 'valid' | 'ops' = 'valid') => new Promise<TLSSocket>((resolve, reject) => {
+    const s = tlsConnect({ host: '127.0.0.1', port: h.port, servername: 'a.test', ca: fx2.ca.certPem, checkServerIdentity: () => undefined, ...client(fx2, who) }, () => resolve(s));
+    s.on('error', reject);
+  });
+  const collect = (s: TLSSocket) => {
+    const st = { out: '', closed: false };
+    s.on('data', (d) => { st.out += d; });
+    s.on('close', () => { st.closed = true; });
+    return st;
+  };
+  const statuses = (out: string) => out.match(/HTTP\/1\.1 \d{3}/g) ?? [];
+
+  // An idle keep-alive connection and a busy one, both verified before the reload.
+  const idle = await open();
+  const si = collect(idle);
+  idle.write('GET /one HTTP/1.1\r\nHost: a.test\r\n\r\n');
+  await until('the idle connection\'s first answer', () => statuses(si.out).length === 1);
+  const busy = await open();
+  const sb = collect(busy);
+  busy.write('GET /slow HTTP/1.1\r\nHost: a.test\r\n\r\n');
+  await new Promise((r) => setTimeout(r, 150));
+
+  // Revoke the connected client, as an operator would: a new CRL, then the reload.
+  writeFileSync(fx2.path('ca.crl'), makeCrl(fx2.ca, [fx2.clients.revoked.serial, fx2.clients.valid.serial]));
+  t.ok(h.server.reloadFromFile(), 'the new CRL loads');
+  await until('the idle connection to close', () => si.closed);
+  t.same(statuses(si.out), ['HTTP/1.1 200'], 'the idle connection was closed by the proxy, without another answer');
+
+  // A request that starts on the busy connection after the reload is refused, retryably.
+  busy.write('GET /two HTTP/1.1\r\nHost: a.test\r\n\r\n');
+  await until('the busy connection to close', () => sb.closed);
+  t.same(statuses(sb.out), ['HTTP/1.1 200', 'HTTP/1.1 421'], 'the request in flight finished; the next one got 421');
+  t.match(sb.out, /"code":"CONNECTION_STALE"/);
+  t.notOk(h.seen.some((r) => r.url === '/two'), 'it never reached the upstream');
+
+  // A new connection with the revoked certificate is refused at the handshake's verdict.
+  const fresh = await open();
+  const sf = collect(fresh);
+  fresh.write('GET /three HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n');
+  await until('the fresh connection to close', () => sf.closed);
+  t.same(statuses(sf.out), ['HTTP/1.1 401'], 'a full handshake under the new CRL: 401');
+  t.match(sf.out, /"code":"AUTH_010"/);
+
+  // A reload that leaves the trust alone closes nothing: another client keeps its connection.
+  const keep = await open('ops');
+  const sk = collect(keep);
+  keep.write('GET /four HTTP/1.1\r\nHost: a.test\r\n\r\n');
+  await until('the first answer', () => statuses(sk.out).length === 1);
+  writeFileSync(h.configFile, readFileSync(h.configFile, 'utf8') + '\n# touched\n');
+  t.ok(h.server.reloadFromFile());
+  keep.write('GET /five HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n');
+  await until('the unaffected connection to finish', () => sk.closed);
+  t.same(statuses(sk.out), ['HTTP/1.1 200', 'HTTP/1.1 200'], 'both requests served on the one connection');
+});

@@ -231,7 +231,9 @@ export class PortcullisServer {
       // starts on one gets 421 CONNECTION_STALE (catalogue CFG-07, CERT-05). Clients reconnect
       // and are judged by a full handshake (sessions never resume across config loads).
       this.#https.closeIdleConnections();
-      this.logger.info({ msg: 'client-certificate trust changed: closing connections judged under the previous trust' });
+      const webSockets = [...this.#upgraded];
+      for (const s of webSockets) s.destroy();
+      this.logger.info({ msg: 'client-certificate trust changed: closing connections judged under the previous trust', webSockets: webSockets.length });
     }
     this.#applyServerSettings(next);
     for (const a of next.authenticators.values()) a.start?.();

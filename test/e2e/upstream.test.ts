@@ -8,7 +8,7 @@ import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { createServer, type Socket } from 'node:net';
 import { makeFixture } from '../helpers/pki.ts';
-import { issue } from '../../src/tls/pki.ts';
+import { issue, makeCrl } from '../../src/tls/pki.ts';
 import { parseProm } from '../helpers/prom.ts';
 
 /** portcullis_upstream_errors_total by reason, from the admin port. */
@@ -192,6 +192,27 @@ t.test('WebSocket upgrade: authenticated before the upgrade, refused without cre
   t.match(denied.head, /^HTTP\/1\.1 401/);
   t.match(denied.head, /"code":"AUTH_010"/);
   t.equal(h.seen.length, before, 'the upstream never saw the refused upgrade');
+});
+
+t.test('a reload that changes client-certificate trust closes WebSockets opened under the old trust', async (t) => {
+  const fx3 = makeFixture();
+  const h = await startHarness(fx3, baseConfig(policies));
+  t.teardown(() => h.close());
+  const s = tls.connect({ host: '127.0.0.1', port: h.port, servername: 'a.test', ca: fx3.ca.certPem, checkServerIdentity: () => undefined, ...client(fx3, 'valid') });
+  let buf = '';
+  let closed = false;
+  s.on('data', (d) => { buf += d.toString('latin1'); });
+  s.on('close', () => { closed = true; });
+  s.on('error', () => {});
+  s.write('GET /ws/chat HTTP/1.1\r\nHost: a.test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n');
+  await until('the upgrade', () => buf.startsWith('HTTP/1.1 101'));
+  s.write('still-open');
+  await until('the echo', () => buf.includes('still-open'));
+  writeFileSync(fx3.path('ca.crl'), makeCrl(fx3.ca, [fx3.clients.revoked.serial, fx3.clients.valid.serial]));
+  t.ok(h.server.reloadFromFile());
+  await until('the WebSocket to close', () => closed);
+  t.pass('the proxy closed the WebSocket of the revoked client');
+  t.ok(h.logs.some((l) => l.msg === 'client-certificate trust changed: closing connections judged under the previous trust' && l.webSockets === 1));
 });
 
 t.test('X-Forwarded-For is believed only from server.trustedProxies', async (t) => {

@@ -132,8 +132,12 @@ export class PortcullisServer {
     });
     this.#https.on('connect', (req: http.IncomingMessage, socket: Duplex) => handler.onConnect(req, socket));
     this.#https.on('clientError', (err: Error & { code?: string }, socket: Duplex) => {
+      // Node's https server hands TLS failures (a handshake timeout, a bad ClientHello) to this
+      // listener too, and then no longer destroys the socket itself: there is no HTTP to answer
+      // on a connection that never finished its handshake, so close it (catalogue TLS-14).
+      const http1 = err.code?.startsWith('HPE_') || err.code === 'ERR_HTTP_REQUEST_TIMEOUT';
       // A request timeout while the rest of an answered request is discarded: no second answer.
-      if (!socket.writable || answered(socket)) { socket.destroy(); return; }
+      if (!http1 || !socket.writable || answered(socket)) { socket.destroy(); return; }
       const status = err.code === 'HPE_HEADER_OVERFLOW' ? 431 : err.code === 'ERR_HTTP_REQUEST_TIMEOUT' ? 408 : 400;
       const code = status === 431 ? 'HEADERS_TOO_LARGE' : 'BAD_REQUEST';
       const body = JSON.stringify({ error: { code, message: status === 431 ? 'Request headers too large' : status === 408 ? 'Request timeout' : 'Malformed request', requestId: 'none' } });

@@ -3,6 +3,7 @@
 // memory while 500 slow connections are held.
 import t from 'tap';
 import tls from 'node:tls';
+import net from 'node:net';
 import { createHmac } from 'node:crypto';
 import { makeFixture } from '../helpers/pki.ts';
 import { startHarness, rawTls, request, baseConfig, until, type Harness } from '../helpers/harness.ts';
@@ -94,6 +95,28 @@ t.test('a refused body still arriving: the rest is discarded, the connection sta
     t.ok(r.ms < 7000, `${pace}: the proxy closed the connection (after ${r.ms} ms)`);
   }
   t.equal(h.seen.length, before + 1);
+});
+
+// Catalogue TLS-14: a client that opens TCP and never finishes the handshake (ghostunnel's
+// handshake-timeout test) is cut off, and counted as a failed handshake.
+t.test('a TLS handshake not finished within headersMs is cut off and counted', async (t) => {
+  const handshakeErrors = async () => {
+    const text = await fetch(`http://127.0.0.1:${h.adminPort}/metrics`).then((r) => r.text());
+    return Number(/portcullis_tls_handshakes_total\{[^}]*result="error"[^}]*\} (\d+)/.exec(text)?.[1] ?? 0);
+  };
+  const before = await handshakeErrors();
+  for (const [what, bytes] of [['nothing', ''], ['half a ClientHello', '\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03']] as const) {
+    const s = net.connect(h.port, '127.0.0.1');
+    s.on('error', () => {});
+    const t0 = Date.now();
+    await new Promise<void>((r) => s.once('connect', () => r()));
+    if (bytes) s.write(Buffer.from(bytes, 'latin1'));
+    await new Promise((r) => s.once('close', r));
+    t.ok(Date.now() - t0 < 4000, `${what}: closed after ${Date.now() - t0} ms (headersMs 600)`);
+  }
+  let after = before;
+  for (let i = 0; i < 100 && after < before + 2; i++) { await new Promise((r) => setTimeout(r, 50)); after = await handshakeErrors(); }
+  t.equal(after, before + 2, 'both counted as failed handshakes');
 });
 
 t.test('slowloris: a request head not finished within headersMs is cut off', async (t) => {

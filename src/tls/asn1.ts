@@ -158,6 +158,43 @@ export function readCrl(der: Uint8Array): CrlFields {
   return { issuerDer: derOf(issuer), issuerAttrs: readName(issuer), nextUpdate, revokedSerials };
 }
 
+/** One DER TLV at `at`: where its contents start and where it ends (definite lengths only). */
+function tlv(der: Buffer, at: number): { start: number; end: number } {
+  let i = at + 1;
+  const first = der[i++]!;
+  let len = first;
+  if (first & 0x80) {
+    const n = first & 0x7f;
+    if (n < 1 || n > 4) throw new Error('unsupported DER length');
+    len = 0;
+    for (let k = 0; k < n; k++) len = len * 256 + der[i++]!;
+  }
+  if (i + len > der.length) throw new Error('truncated DER');
+  return { start: i, end: i + len };
+}
+
+const CRL_SIGNATURES: Record<string, string | null> = {
+  '1.2.840.113549.1.1.11': 'sha256', '1.2.840.113549.1.1.12': 'sha384', '1.2.840.113549.1.1.13': 'sha512',
+  '1.2.840.10045.4.3.2': 'sha256', '1.2.840.10045.4.3.3': 'sha384', '1.2.840.10045.4.3.4': 'sha512',
+  '1.3.101.112': null,
+};
+
+/**
+ * The signed part of a CRL as its exact bytes, the digest its signature algorithm names
+ * (null for Ed25519), and the signature; undefined for an algorithm not listed here.
+ */
+export function crlSignature(der: Uint8Array): { tbs: Buffer; digest: string | null; signature: Buffer } | undefined {
+  const b = Buffer.from(der);
+  const outer = tlv(b, 0);
+  const tbs = tlv(b, outer.start);
+  const alg = tlv(b, tbs.end);
+  const oid = tlv(b, alg.start);
+  const id = asn1.derToOid(forge.util.createBuffer(b.subarray(oid.start, oid.end).toString('binary')));
+  if (!(id in CRL_SIGNATURES)) return undefined;
+  const sig = tlv(b, alg.end);
+  return { tbs: b.subarray(outer.start, tbs.end), digest: CRL_SIGNATURES[id]!, signature: b.subarray(sig.start + 1, sig.end) };
+}
+
 /** DER -> PEM with 64-character lines (no blank line when the length divides evenly). */
 export function toPem(der: Uint8Array, label: string): string {
   const lines = Buffer.from(der).toString('base64').match(/.{1,64}/g) ?? [];

@@ -1,11 +1,11 @@
 // Server certificates by SNI, and the client-certificate trust settings, built
 // once per config load. The server swaps the whole table on reload.
 import { readFileSync } from 'node:fs';
-import { X509Certificate, createHash, createPrivateKey, randomBytes, constants as C, type KeyObject } from 'node:crypto';
+import { X509Certificate, createHash, createPrivateKey, randomBytes, verify, constants as C, type KeyObject } from 'node:crypto';
 import { createSecureContext, type SecureContext, type SecureContextOptions } from 'node:tls';
 import { isIP } from 'node:net';
 import type { ConfigIssue } from '../errors.ts';
-import { pemBlocks, readCertificate, readCrl, nameToString, toPem } from './asn1.ts';
+import { crlSignature, pemBlocks, readCertificate, readCrl, nameToString, toPem } from './asn1.ts';
 
 // TLS 1.3: the three AEAD suites, AES-128-GCM first as in TLS 1.2 below and in Mozilla's
 // intermediate profile (OpenSSL's own order puts AES-256 first). The key exchange (X25519,
@@ -124,6 +124,13 @@ export function buildTls(input: TlsInput, resolvePath: (p: string) => string, no
             const c = readCrl(der);
             issuers.push(c.issuerDer);
             const issuer = nameToString(c.issuerAttrs);
+            // A CRL its CA did not sign makes OpenSSL refuse every certificate of that CA
+            // (CRL_SIGNATURE_FAILURE): say so now, and a reload keeps the CRL that serves.
+            const ca = trustCas.find((x) => readCertificate(x.raw).subjectDer.equals(c.issuerDer));
+            const signed = crlSignature(der);
+            if (ca && signed && !verify(signed.digest, signed.tbs, ca.publicKey, signed.signature)) {
+              issues.push({ path, message: `CRL of ${issuer} in ${name} is not signed by that CA's key (every certificate of that CA would be refused)` });
+            }
             crls.push({ issuer, nextUpdate: c.nextUpdate?.getTime() });
             for (const s of c.revokedSerials) revoked.add(`${c.issuerDer.toString('hex')}/${s}`);
             if (c.nextUpdate && c.nextUpdate.getTime() < now) {

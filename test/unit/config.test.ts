@@ -134,6 +134,16 @@ t.test('hmac with several workers is accepted once nonces live in a shared store
   t.same(errorsOf(several + 'store: { type: redis, url: "redis://:${env:REDIS_PASSWORD}@127.0.0.1:6379/2" }\n', { REDIS_PASSWORD: 'pw' }), [], 'store: redis: accepted');
 });
 
+// Catalogue TLS-05: a CRL its CA did not sign would make OpenSSL refuse every client of that CA.
+t.test('a CRL not signed by its CA is refused at load; one that is loads', async (t) => {
+  writeFileSync(join(dir, 'forged.crl'), makeCrl(fx.forgedCa, [])); // same issuer name, another key
+  const errs = errorsOf(good.replace(`crl: ${fx.dir}/ca.crl`, `crl: ${join(dir, 'forged.crl')}`));
+  t.equal(errs.length, 1);
+  t.match(errs[0], /tls\.clientAuth\.crl: CRL of CN=Test Client CA,O=Portcullis test in .*forged\.crl is not signed by that CA's key/);
+  writeFileSync(join(dir, 'fresh.crl'), makeCrl(fx.ca, [fx.clients.revoked.serial]));
+  t.same(errorsOf(good.replace(`crl: ${fx.dir}/ca.crl`, `crl: ${join(dir, 'fresh.crl')}`)), []);
+});
+
 t.test('every CA needs its own CRL when CRLs are configured', async (t) => {
   const other = issue({ cn: 'Partner CA', ca: true });
   writeFileSync(join(dir, 'two-cas.crt'), fx.ca.certPem + other.certPem);

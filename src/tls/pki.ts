@@ -22,6 +22,8 @@ export interface CertSpec {
   o?: string;
   issuer?: Issued;
   ca?: boolean;
+  /** basicConstraints pathLenConstraint of a CA. */
+  pathLen?: number;
   notBefore?: Date;
   notAfter?: Date;
   dns?: string[];
@@ -58,7 +60,7 @@ export function issue(spec: CertSpec): Issued {
   cert.setIssuer(spec.issuer ? spec.issuer.cert.subject.attributes : subject);
   const exts: any[] = [];
   if (spec.ca) {
-    exts.push({ name: 'basicConstraints', cA: true, critical: true });
+    exts.push({ name: 'basicConstraints', cA: true, critical: true, ...(spec.pathLen !== undefined ? { pathLenConstraint: spec.pathLen } : {}) });
     exts.push({ name: 'keyUsage', keyCertSign: true, cRLSign: true, critical: true });
   } else {
     exts.push({ name: 'basicConstraints', cA: false });

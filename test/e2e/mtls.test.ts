@@ -3,6 +3,8 @@
 import t from 'tap';
 import tls from 'node:tls';
 import { X509Certificate } from 'node:crypto';
+import { writeFileSync } from 'node:fs';
+import { issue } from '../../src/tls/pki.ts';
 import { makeFixture } from '../helpers/pki.ts';
 import { startHarness, request, client, baseConfig, type Harness } from '../helpers/harness.ts';
 
@@ -106,6 +108,47 @@ t.test('client certificate matrix: each refusal has its exact status and code, a
   const denial = h.logs.find((l) => l.msg === 'denied' && l.code === 'AUTH_010' && /revoked/.test(l.reason));
   t.ok(denial, 'the audit log says why (revoked)');
   t.equal(denial!.trace[0].authenticator, 'cert-cn');
+});
+
+// Catalogue TLS-07: chains through an intermediate, checked by OpenSSL against the roots in
+// tls.clientAuth.ca only; what the client sends is never a trust anchor.
+t.test('intermediate chains: a leaf with its intermediate passes; a broken chain never does', async (t) => {
+  const root = issue({ cn: 'Chain Root', ca: true });
+  const inter = issue({ cn: 'Chain Intermediate', ca: true, issuer: root });
+  const leaf = issue({ cn: 'chained-client', issuer: inter, eku: ['clientAuth'] });
+  const notCa = issue({ cn: 'not-a-ca', issuer: root, eku: ['clientAuth'] });
+  const underNotCa = issue({ cn: 'under-a-leaf', issuer: notCa, eku: ['clientAuth'] });
+  const shortRoot = issue({ cn: 'Root with pathLen 0', ca: true, pathLen: 0 });
+  const tooDeepInter = issue({ cn: 'Intermediate below pathLen 0', ca: true, issuer: shortRoot });
+  const tooDeep = issue({ cn: 'too-deep', issuer: tooDeepInter, eku: ['clientAuth'] });
+  const rogueRoot = issue({ cn: 'Chain Root', ca: true }); // the trusted root's name, another key
+  const rogue = issue({ cn: 'rogue', issuer: rogueRoot, eku: ['clientAuth'] });
+  writeFileSync(fx.path('chain-roots.crt'), root.certPem + shortRoot.certPem);
+  const ch = await startHarness(fx, baseConfig(`
+authenticators:
+  cert: { type: mtls, identity: cn }
+policies:
+  - name: api
+    match: { paths: ["/**"] }
+    authenticate: cert
+`).replace(/  clientAuth:\n.*\n.*\n/, `  clientAuth:\n    ca: ${fx.path('chain-roots.crt')}\n`));
+  t.teardown(() => ch.close());
+  const as = (c: { certPem: string; keyPem: string }, ...chain: { certPem: string }[]) => ({ cert: c.certPem + chain.map((x) => x.certPem).join(''), key: c.keyPem });
+  const ok = await request(ch, fx, { path: '/chained', ...as(leaf, inter) });
+  t.equal(ok.status, 200, 'leaf + intermediate, root in the bundle: allowed');
+  t.equal(ch.seen.at(-1)!.headers['x-auth-user-id'], 'chained-client');
+  for (const [what, c, why] of [
+    ['the leaf without its intermediate', as(leaf), /UNABLE_TO_VERIFY_LEAF_SIGNATURE/],
+    ['a chain through a certificate that is not a CA', as(underNotCa, notCa), /client certificate (invalid|untrusted)/],
+    ['a chain longer than the root\'s pathLen allows', as(tooDeep, tooDeepInter), /PATH_LENGTH_EXCEEDED/],
+    ['a chain ending in a root the client brought (same name as the trusted one)', as(rogue, rogueRoot), /CERT_SIGNATURE_FAILURE/],
+  ] as const) {
+    const before = ch.seen.length;
+    const r = await request(ch, fx, { path: '/chained', ...c });
+    t.same([r.status, r.json?.error?.code], [401, 'AUTH_001'], `${what}: 401 AUTH_001`);
+    t.equal(ch.seen.length, before, `${what}: upstream not reached`);
+    t.match(ch.logs.filter((l) => l.msg === 'denied').at(-1)?.trace[0].reason, why, `${what}: the audit line gives OpenSSL's reason`);
+  }
 });
 
 t.test('a route with authenticate: none works without a certificate on the same host', async (t) => {

@@ -113,6 +113,25 @@ t.test('reload: a policy change applies on a live keep-alive connection; broken 
   t.equal((await fetch(`http://127.0.0.1:${h.adminPort}/readyz`)).status, 200, '/readyz stays 200');
 });
 
+// Catalogue CFG-08: a file rewritten 100 times a second reloads a handful of times, not 100,
+// and the last content wins.
+t.test('reload storm: 100 writes in a second are debounced into few reloads, the last one in force', async (t) => {
+  const h = await startHarness(fx, baseConfig(policies()));
+  t.teardown(() => h.close());
+  const text = readFileSync(h.configFile, 'utf8');
+  for (let i = 0; i < 100; i++) {
+    writeFileSync(h.configFile, text.replace('policies:\n', `policies:\n  - name: storm-${i}\n    match: { paths: ["/storm-${i}/**"] }\n    authenticate: none\n`));
+    await new Promise((r) => setTimeout(r, 10));
+  }
+  await until('the last write in force', () => h.server.config.policies.some((p) => p.name === 'storm-99'));
+  await new Promise((r) => setTimeout(r, 1000));
+  const m = parseProm(await (await fetch(`http://127.0.0.1:${h.adminPort}/metrics`)).text());
+  const reloads = (value(m.samples, 'portcullis_config_reloads_total', { result: 'success' }) ?? 0) - 1; // the start counts once
+  t.ok(reloads >= 1 && reloads <= 5, `${reloads} reloads for 100 writes`);
+  t.equal(value(m.samples, 'portcullis_config_reloads_total', { result: 'failure' }) ?? 0, 0, 'no half-written file was ever loaded');
+  t.equal((await request(h, fx, { path: '/storm-99/x' })).status, 200);
+});
+
 function serverSerial(port: number): Promise<string> {
   return new Promise((resolve, reject) => {
     const s = tls.connect({ host: '127.0.0.1', port, servername: 'a.test', ca: fx.ca.certPem, checkServerIdentity: () => undefined, session: undefined }, () => { resolve(s.getPeerX509Certificate()!.serialNumber); s.end(); });

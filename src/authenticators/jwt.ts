@@ -41,6 +41,8 @@ const schema = z.strictObject({
       ca: z.string().min(1).optional(),
     }),
   ]).optional(),
+  /** Require this JOSE header `typ`, e.g. `at+jwt` for RFC 9068 access tokens (no ID token passes for one). */
+  typ: z.string().min(1).optional(),
   clockToleranceSec: z.number().int().min(0).max(600).default(30),
   requireExp: z.boolean().default(true),
   subjectClaim: z.string().min(1).default('sub'),
@@ -191,6 +193,7 @@ export const jwt = defineAuthenticator({
           issuer: cfg.issuer,
           audience: cfg.audience,
           clockTolerance: cfg.clockToleranceSec,
+          typ: cfg.typ,
           requiredClaims: cfg.requireExp ? ['exp'] : [],
           currentDate: new Date(now),
         });

@@ -80,10 +80,20 @@ authenticators:
     algorithms: [RS256]
     jwks: { file: ${fx.dir}/jwks.json }
     certificateBound: true
+  access-tokens:
+    type: jwt
+    issuer: https://auth.example.com
+    audience: api
+    typ: at+jwt
+    algorithms: [RS256]
+    jwks: { file: ${fx.dir}/jwks.json }
   keys:
     type: apiKey
     keys: [ { id: k1, hash: "sha256:${createHash('sha256').update('kapi_prod_7f3d9a2b5c1e4890abcdef1234567890').digest('hex')}", subject: svc } ]
 policies:
+  - name: typed
+    match: { paths: ["/typed/**"] }
+    authenticate: access-tokens
   - name: kindly
     match: { paths: ["/kindly/**"] }
     authenticate: kindly-jwt
@@ -136,6 +146,20 @@ t.test('a token from jsonwebtoken (RS256, JWKS file) is accepted; identity, scop
   t.equal(up.headers['x-auth-scopes'], 'orders:read orders:write');
   t.equal(up.headers['x-auth-email'], 'u@example.com');
   t.notOk(up.headers.authorization, 'Authorization is not forwarded by default');
+});
+
+// Catalogue JWT-11: with `typ: at+jwt` only RFC 9068 access tokens pass, not an ID token or a
+// plain JWT from the same issuer for the same audience.
+t.test('typ: at+jwt admits access tokens only', async (t) => {
+  const at = corp({}, { header: { alg: 'RS256', kid: 'k1', typ: 'at+jwt' } as jsonwebtoken.JwtHeader });
+  let r = await get('/typed/x', bearer(at));
+  t.equal(r.status, 200, 'typ at+jwt');
+  const appType = corp({}, { header: { alg: 'RS256', kid: 'k1', typ: 'application/at+jwt' } as jsonwebtoken.JwtHeader });
+  r = await get('/typed/x', bearer(appType));
+  t.equal(r.status, 200, 'typ application/at+jwt (RFC 7515 §4.1.9)');
+  await expectDenied(t, '/typed/x', bearer(corp()), 401, 'AUTH_001', 'typ JWT (an ID token, say)');
+  await expectDenied(t, '/typed/x', bearer(corp({}, { header: { alg: 'RS256', kid: 'k1', typ: undefined } as jsonwebtoken.JwtHeader })), 401, 'AUTH_001', 'no typ');
+  t.equal((await get('/orders', bearer(corp()))).status, 200, 'an authenticator without typ takes either');
 });
 
 t.test('ES256 from jose; HS256 from jsonwebtoken (the Kindly API scheme)', async (t) => {

@@ -71,7 +71,9 @@ function loadClients(cfg: Cfg, readFile: (p: string, path: readonly (string | nu
     const alg = c.algorithm ?? (cfg.scheme === 'rfc9421' && c.secret ? 'hmac-sha256' : undefined);
     if (c.secret !== undefined) {
       const secret = Buffer.from(c.secret, c.secretEncoding);
-      if (secret.length < 16) issues.push({ path: [...path, 'secret'], message: `secret is ${secret.length} bytes; use at least 16 (32 recommended)` });
+      // RFC 2104 §3: a key shorter than the hash output (32 bytes for SHA-256) weakens the MAC;
+      // the same floor as JWT HS256 secrets (RFC 7518 §3.2; catalogue HMAC-09).
+      if (secret.length < 32) issues.push({ path: [...path, 'secret'], message: `secret is ${secret.length} bytes; HMAC keys must be at least 32 bytes (RFC 2104 §3)` });
       if (cfg.scheme === 'rfc9421' && alg !== 'hmac-sha256') issues.push({ path: [...path, 'algorithm'], message: 'a shared secret goes with algorithm hmac-sha256' });
       entry.secret = createSecretKey(secret);
       if (alg === 'hmac-sha256') entry.key = { alg, secret: entry.secret };

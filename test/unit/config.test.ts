@@ -103,6 +103,7 @@ t.test('error classes, each with position and path', async (t) => {
     ['missing file', good.replace(`${fx.dir}/a.key`, `${fx.dir}/nope.key`), /^FILE:7:\d+: tls\.certificates\[0\]\.key: cannot read .*nope\.key: ENOENT$/],
     ['cert/key mismatch', good.replace(`${fx.dir}/a.key`, `${fx.dir}/b.key`), /tls\.certificates\[0\]\.key: .*b\.key does not match the certificate in .*a\.crt$/],
     ['a certificate that does not cover a listed host', good.replace('hosts: [a.test]', 'hosts: [a.test, other.test, "10.1.2.3"]'), /tls\.certificates\[0\]\.hosts: .*a\.crt does not cover other\.test, 10\.1\.2\.3 \(it names DNS:a\.test, DNS:api\.a\.test\)$/],
+    ['an HMAC secret under 32 bytes', good.replace('  cert: { type: mtls }', '  cert: { type: mtls }\n  sig: { type: hmac, clients: [ { id: a, secret: "0123456789abcdef0123456789abcde", subject: a } ] }'), /authenticators\.sig\.clients\[0\]\.secret: secret is 31 bytes; HMAC keys must be at least 32 bytes \(RFC 2104 §3\)$/],
     ['bad CIDR', good.replace('authenticate: none', 'authenticate: none\n    allowIps: [10.0.0.0/33]'), /^FILE:19:16: policies\[0\]\.allowIps\[0\]: must be an IP address or CIDR/],
     ['bad glob', good.replace('[/health]', '[health/**]'), /^FILE:17:\d+: policies\[0\]\.match\.paths\[0\]: path glob "health\/\*\*" must start with "\/"$/],
     ['bad glob 2', good.replace('[/health]', '["/a**"]'), /policies\[0\]\.match\.paths\[0\]: path glob "\/a\*\*": "\*\*" must be a whole segment$/],
@@ -114,7 +115,7 @@ t.test('error classes, each with position and path', async (t) => {
     ['mtls without clientAuth', good.replace(/  clientAuth:\n.*\n.*\n/, ''), /authenticators\.cert\.type: type mtls needs tls\.clientAuth\.ca/],
     ['unset env reference', good.replace('http://127.0.0.1:8080', '${env:PORTCULLIS_TEST_UNSET}'), /^FILE:12:8: \(root\): environment variable PORTCULLIS_TEST_UNSET is not set$/],
     ['no policies', good.slice(0, good.indexOf('policies:')) + 'policies: []\n', /policies: at least one policy is required/],
-    ['hmac nonces with several workers', good.replace('  listen: 127.0.0.1:8443', '  listen: 127.0.0.1:8443\n  workers: auto').replace('  cert: { type: mtls }', '  cert: { type: mtls }\n  sig: { type: hmac, clients: [ { id: a, secret: "0123456789abcdef0123", subject: a } ] }'), /authenticators\.sig\.type: hmac nonces need state shared between workers/],
+    ['hmac nonces with several workers', good.replace('  listen: 127.0.0.1:8443', '  listen: 127.0.0.1:8443\n  workers: auto').replace('  cert: { type: mtls }', '  cert: { type: mtls }\n  sig: { type: hmac, clients: [ { id: a, secret: "0123456789abcdef0123456789abcdef", subject: a } ] }'), /authenticators\.sig\.type: hmac nonces need state shared between workers/],
     ['redis store URL that is not redis://', good + 'store: { type: redis, url: "http://127.0.0.1:6379" }\n', /^FILE:22:\d+: store\.url: must be redis:\/\/\[user:password@\]host:port\[\/db\] or rediss:\/\//],
     ['redis store without a URL', good + 'store: { type: redis }\n', /^FILE:22:\d+: store\.url: required \(string\)$/],
     ['redis CA without TLS', good + 'store: { type: redis, url: "redis://127.0.0.1:6379", ca: ca.crt }\n', /^FILE:22:\d+: store\.ca: a CA is for TLS: use a rediss:\/\/ URL$/],
@@ -129,7 +130,7 @@ t.test('error classes, each with position and path', async (t) => {
 });
 
 t.test('hmac with several workers is accepted once nonces live in a shared store', async (t) => {
-  const several = good.replace('  listen: 127.0.0.1:8443', '  listen: 127.0.0.1:8443\n  workers: auto').replace('  cert: { type: mtls }', '  cert: { type: mtls }\n  sig: { type: hmac, clients: [ { id: a, secret: "0123456789abcdef0123", subject: a } ] }');
+  const several = good.replace('  listen: 127.0.0.1:8443', '  listen: 127.0.0.1:8443\n  workers: auto').replace('  cert: { type: mtls }', '  cert: { type: mtls }\n  sig: { type: hmac, clients: [ { id: a, secret: "0123456789abcdef0123456789abcdef", subject: a } ] }');
   t.match(errorsOf(several).join(' | '), /hmac nonces need state shared between workers: with server\.workers other than 1, use store: \{ type: redis/, 'store: memory (the default): refused');
   t.same(errorsOf(several + 'store: { type: redis, url: "redis://:${env:REDIS_PASSWORD}@127.0.0.1:6379/2" }\n', { REDIS_PASSWORD: 'pw' }), [], 'store: redis: accepted');
 });

@@ -31,14 +31,14 @@ function challenge(d: Decision): string {
   return d.policy?.authenticators.find((a) => a.challenge)?.challenge ?? `Portcullis realm="${d.policy?.name ?? 'portcullis'}"`;
 }
 
-/** Buffer a body up to `max` bytes; never more. `proceed` runs once the body is wanted. */
-function readBody(req: IncomingMessage, max: number, proceed: () => void): Promise<Buffer | 'too-large' | 'aborted'> {
+/** Buffer a body up to `max` bytes; never more. `ex.proceed` runs once the body is wanted. */
+function readBody(req: IncomingMessage, max: number, ex: { proceed?(): void }): Promise<Buffer | 'too-large' | 'aborted'> {
   // No Content-Length or Transfer-Encoding: no body. The server hands such a request over
   // already ended (optimizeEmptyRequests), so no 'end' event would ever come.
   if (req.readableEnded) return Promise.resolve(Buffer.alloc(0));
   const declared = Number(req.headers['content-length']);
   if (Number.isFinite(declared) && declared > max) return Promise.resolve('too-large');
-  proceed();
+  ex.proceed?.();
   return new Promise((resolve) => {
     const chunks: Buffer[] = [];
     let size = 0;
@@ -176,7 +176,7 @@ export function createHandler(deps: HandlerDeps) {
     ex.id = ctx.id;
     const policy = policyFor(cfg, ctx);
     if (policy?.needsBody && req.headers.upgrade === undefined) {
-      return readBody(req, cfg.server.maxBodyBytes, () => ex.proceed?.()).then((b) => {
+      return readBody(req, cfg.server.maxBodyBytes, ex).then((b) => {
         if (b === 'too-large' || b === 'aborted') {
           if (b === 'too-large') logger.info({ msg: 'body too large', requestId: ctx.id, policy: policy.name, limit: cfg.server.maxBodyBytes });
           ex.code = 'BODY_TOO_LARGE';

@@ -1,9 +1,6 @@
 // YAML text -> resolved references -> validated -> compiled -> frozen.
 // Every error carries file:line:col and the YAML path of the offending node.
 import { readFileSync, statSync } from 'node:fs';
-
-/** A config file over this is refused before it is read (catalogue CFG-04). */
-const MAX_CONFIG_BYTES = 4 << 20;
 import { dirname, resolve } from 'node:path';
 import { LineCounter, parseDocument, visit, isScalar, isMap, isPair, type Document, type Node as YamlNode } from 'yaml';
 import type { z } from 'zod';
@@ -11,6 +8,9 @@ import { ConfigError, type ConfigIssue } from '../errors.ts';
 import { configSchema, type RawConfig } from './schema.ts';
 import { AUTHENTICATOR_TYPES } from '../authenticators/registry.ts';
 import { compile, type CompiledConfig, type CompileOptions } from './compile.ts';
+
+/** A config file over this is refused before it is read (catalogue CFG-04). */
+const MAX_CONFIG_BYTES = 4 << 20;
 
 const REF = /\$\{(env|file):([^}]*)\}/g;
 

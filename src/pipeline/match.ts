@@ -94,7 +94,7 @@ function globCovers(a: string, b: string): boolean {
  * earlier policy shadows a later one when it matches every method, host and path the
  * later one does; only the sure cases are reported.
  */
-export function shadowedPolicies(raw: readonly RawPolicy[], errors: ConfigIssue[]): void {
+function shadowedPolicies(raw: readonly RawPolicy[], errors: ConfigIssue[]): void {
   const lower = (l?: readonly string[]) => l?.map((x) => x.toLowerCase());
   raw.forEach((b, j) => {
     for (let i = 0; i < j; i++) {

@@ -47,6 +47,8 @@ const schema = z.strictObject({
   forward: z.boolean().default(false),
 });
 
+const VISIBLE_ASCII = /^[\x21-\x7e]+$/;
+
 interface Key { id: string; subject: string; scopes: readonly string[]; expiresAt?: number; revoked: boolean; allowIps?: BlockList; denyIps?: BlockList; allowed: Verdict }
 
 export const apiKey = defineAuthenticator({
@@ -107,7 +109,7 @@ export const apiKey = defineAuthenticator({
           }
           if (!values.length) return skip('AUTH_003', `no ${'header' in from ? from.header : ''} header`);
           if (values.length > 1 || values[0]!.includes(',')) return deny('AUTH_003', 'API key sent more than once');
-          presented = values[0]!.trim();
+          presented = values[0]!;
         } else {
           const q = 'query' in from ? from.query : '';
           const found = new URLSearchParams(req.query).getAll(q);
@@ -117,6 +119,11 @@ export const apiKey = defineAuthenticator({
         }
         if (!presented) return deny('AUTH_003', 'empty API key');
         if (presented.length > 512) return deny('AUTH_003', 'API key too long');
+        // Only the exact key matches (it is looked up by its hash). A key with whitespace or
+        // anything but visible ASCII in it is malformed, not a near miss: no trimming or folding
+        // that could make "KEY<NBSP>" count as KEY (catalogue APIK-03). Node has already
+        // removed the optional whitespace around a header value.
+        if (!VISIBLE_ASCII.test(presented)) return deny('AUTH_003', 'API key contains whitespace or a character outside visible ASCII');
         const key = byHash.get(sha256Hex(presented));
         if (!key) return deny('AUTH_004', 'API key not found');
         if (key.revoked) return deny('AUTH_004', `API key ${key.id} is revoked`);

@@ -114,6 +114,22 @@ t.test('API keys in X-API-Key (Kindly): found, revoked, unknown, expired, IP-res
   await denied(t, { path: '/api/x', headers: { 'x-api-key': [KEY, KEY] } }, 401, 'AUTH_003', 'sent twice');
 });
 
+t.test('only the exact key: no prefix, no extension, no case folding, no trimmed whitespace (catalogue APIK-03)', async (t) => {
+  await denied(t, { path: '/api/x', headers: { 'x-api-key': KEY.slice(0, -1) } }, 401, 'AUTH_004', 'the key less its last character');
+  await denied(t, { path: '/api/x', headers: { 'x-api-key': `${KEY}0` } }, 401, 'AUTH_004', 'the key with one more character');
+  await denied(t, { path: '/api/x', headers: { 'x-api-key': KEY.toUpperCase() } }, 401, 'AUTH_004', 'the key in upper case');
+  // Node writes header values as latin1: these are the bytes A0 (no-break space) and 09 (tab).
+  await denied(t, { path: '/api/x', headers: { 'x-api-key': `${KEY}\u00a0` } }, 401, 'AUTH_003', 'a trailing no-break space');
+  await denied(t, { path: '/api/x', headers: { 'x-api-key': `\u00a0${KEY}` } }, 401, 'AUTH_003', 'a leading no-break space');
+  await denied(t, { path: '/api/x', headers: { 'x-api-key': `${KEY.slice(0, 10)}\t${KEY.slice(10)}` } }, 401, 'AUTH_003', 'a tab inside');
+  await denied(t, { path: `/q/items?api_key=${KEY}%20` }, 401, 'AUTH_003', 'query: a trailing space');
+  await denied(t, { path: `/q/items?api_key=${KEY}%00` }, 401, 'AUTH_003', 'query: a NUL');
+  await denied(t, { path: `/q/items?api_key=${KEY}%C2%A0` }, 401, 'AUTH_003', 'query: a UTF-8 no-break space');
+  await denied(t, { path: '/q/items?api_key=' }, 401, 'AUTH_003', 'query: empty');
+  const r = await request(h, fx, { path: `/q/items?api_key=${KEY}` });
+  t.equal(r.status, 200, 'the exact key still passes');
+});
+
 t.test('API key in the query string is removed from the URL the upstream gets; forward: true keeps the header', async (t) => {
   const r = await request(h, fx, { path: `/q/items?page=2&api_key=${KEY}&sort=asc` });
   t.equal(r.status, 200);

@@ -87,6 +87,10 @@ export function createMetrics() {
   const registry = new Registry();
   const p = 'portcullis_';
   collectDefaultMetrics({ register: registry, prefix: p });
+  // prom-client names three gauges with a counter's `_total` suffix, which `promtool check
+  // metrics` refuses (catalogue MET-02). The same counts stay as `nodejs_active_handles` and
+  // `nodejs_active_resources` (by type) and `nodejs_active_requests` (by type, when any).
+  for (const n of ['active_handles_total', 'active_requests_total', 'active_resources_total']) registry.removeSingleMetric(`${p}nodejs_${n}`);
   let open = 0;
   const m = {
     registry,

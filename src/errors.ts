@@ -16,6 +16,7 @@ export const ERRORS = {
   BAD_REQUEST: { status: 400, message: 'Malformed request' },
   BODY_TOO_LARGE: { status: 413, message: 'Request body too large' },
   MISDIRECTED: { status: 421, message: 'Host does not match the TLS server name' },
+  URI_TOO_LONG: { status: 414, message: 'Request URI too long' },
   CONNECTION_STALE: { status: 421, message: 'Client-certificate trust changed since this connection was made: retry on a new connection' },
   HEADERS_TOO_LARGE: { status: 431, message: 'Request headers too large' },
   UPSTREAM_UNAVAILABLE: { status: 502, message: 'Upstream unavailable' },

@@ -41,7 +41,7 @@ export interface CompiledConfig {
   readonly loadedAt: number;
   readonly server: {
     readonly host: string; readonly port: number; readonly workers: number | 'auto';
-    readonly maxHeaderBytes: number; readonly maxBodyBytes: number; readonly maxConnections: number;
+    readonly maxHeaderBytes: number; readonly maxUriBytes: number; readonly maxBodyBytes: number; readonly maxConnections: number;
     readonly timeouts: { readonly headersMs: number; readonly requestMs: number; readonly idleMs: number; readonly shutdownMs: number };
     readonly trustedProxies: BlockList; readonly hasTrustedProxies: boolean;
   };
@@ -70,6 +70,10 @@ export function compile(raw: RawConfig, opts: CompileOptions): CompiledConfig {
   const resolvePath = (p: string) => resolve(opts.baseDir, p);
 
   const tls = buildTls(raw.tls, resolvePath, now, issues);
+  if (raw.server.maxUriBytes >= raw.server.maxHeaderBytes) {
+    // The request line counts towards the head: a target this long would always be a 431.
+    issues.push({ path: ['server', 'maxUriBytes'], message: `must be less than server.maxHeaderBytes (${raw.server.maxHeaderBytes}), which the request line counts towards` });
+  }
   if (raw.server.workers !== 1 && raw.store.type === 'memory') {
     // Nonces must be shared by every worker, or a replay to another worker succeeds.
     for (const [name, a] of Object.entries(raw.authenticators)) {
@@ -143,7 +147,7 @@ export function compile(raw: RawConfig, opts: CompileOptions): CompiledConfig {
     loadedAt: now,
     server: Object.freeze({
       host: listen.host, port: listen.port, workers: raw.server.workers,
-      maxHeaderBytes: raw.server.maxHeaderBytes, maxBodyBytes: raw.server.maxBodyBytes, maxConnections: raw.server.maxConnections,
+      maxHeaderBytes: raw.server.maxHeaderBytes, maxUriBytes: raw.server.maxUriBytes, maxBodyBytes: raw.server.maxBodyBytes, maxConnections: raw.server.maxConnections,
       timeouts: Object.freeze({ ...raw.server.timeouts }),
       trustedProxies: blockList(raw.server.trustedProxies), hasTrustedProxies: raw.server.trustedProxies.length > 0,
     }),

@@ -5,6 +5,7 @@ export const DEFAULTS = {
     listen: '0.0.0.0:8443',
     workers: 1,
     maxHeaderBytes: 16_384, // 16 KiB, as Node's own default
+    maxUriBytes: 8_192, // 8 KiB request target, as nginx's and Apache's default request-line limits
     maxBodyBytes: 1_048_576, // 1 MiB; bodies are buffered only for routes that sign the body
     maxConnections: 10_000,
     timeouts: {

@@ -30,7 +30,7 @@ export interface RequestContext {
 
 export type ContextResult =
   | { ok: true; ctx: RequestContext }
-  | { ok: false; code: 'BAD_REQUEST' | 'MISDIRECTED'; reason: string; id: string };
+  | { ok: false; code: 'BAD_REQUEST' | 'MISDIRECTED' | 'URI_TOO_LONG'; reason: string; id: string };
 
 export interface RequestHead {
   httpVersion?: string;
@@ -85,7 +85,11 @@ export function buildContext(head: RequestHead, conn: ConnectionInfo, cfg: Compi
   const peerTrusted = cfg.server.hasTrustedProxies && inList(cfg.server.trustedProxies, peerIp);
   const sentId = head.headers['x-request-id'];
   const id = peerTrusted && typeof sentId === 'string' && REQUEST_ID.test(sentId) ? sentId : randomUUID();
-  const fail = (code: 'BAD_REQUEST' | 'MISDIRECTED', reason: string): ContextResult => ({ ok: false, code, reason, id });
+  const fail = (code: 'BAD_REQUEST' | 'MISDIRECTED' | 'URI_TOO_LONG', reason: string): ContextResult => ({ ok: false, code, reason, id });
+
+  // RFC 9110 §15.5.15 (catalogue DOS-06). Node reads the target as latin1: length = bytes.
+  const urlLength = head.url?.length ?? 0;
+  if (urlLength > cfg.server.maxUriBytes) return fail('URI_TOO_LONG', `request target of ${urlLength} bytes, over server.maxUriBytes (${cfg.server.maxUriBytes})`);
 
   if (head.httpVersion === '1.0' && head.headers['transfer-encoding'] !== undefined) {
     // RFC 9112 §6.1: Transfer-Encoding in HTTP/1.0 is a smuggling vector; refuse it.

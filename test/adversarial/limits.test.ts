@@ -51,6 +51,26 @@ t.test('headers over maxHeaderBytes -> 431, in one header or many', async (t) =>
   t.match(out, /^HTTP\/1\.1 431 /, 'a very long path');
 });
 
+// Catalogue DOS-06, RFC 9110 §15.5.15: a target over server.maxUriBytes (8 KiB by default)
+// is a 414 before any policy or upstream sees it; one at the limit is served.
+t.test('a request target over maxUriBytes -> 414 URI_TOO_LONG; at the limit, served', async (t) => {
+  const before = h.seen.length;
+  let out = await rawTls(h, fx, `GET /${'a'.repeat(9000)} HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n`);
+  t.match(out, /^HTTP\/1\.1 414 /, 'a 9 KB path');
+  t.match(out, /"code":"URI_TOO_LONG"/);
+  out = await rawTls(h, fx, `GET /x?${'q=1&'.repeat(2500)} HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n`);
+  t.match(out, /^HTTP\/1\.1 414 /, 'a short path with a 10 KB query');
+  out = await rawTls(h, fx, `GET https://a.test/${'a'.repeat(9000)} HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n`);
+  t.match(out, /^HTTP\/1\.1 414 /, 'the absolute form');
+  t.equal(h.seen.length, before, 'the upstream saw none of them');
+  const atLimit = `/${'b'.repeat(8191)}`;
+  out = await rawTls(h, fx, `GET ${atLimit} HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n`);
+  t.match(out, /^HTTP\/1\.1 200 /, 'a target of exactly 8192 bytes is served');
+  t.equal(h.seen.at(-1)?.url, atLimit, 'and forwarded whole');
+  const line = h.logs.find((l) => l.code === 'URI_TOO_LONG');
+  t.match(line?.reason, /^request target of 9001 bytes, over server\.maxUriBytes \(8192\)$/, 'the log says why, without the target');
+});
+
 t.test('a body over maxBodyBytes on a route that reads it -> 413 (declared or chunked)', async (t) => {
   const before = h.seen.length;
   let out = await rawTls(h, fx, `POST /signed/x HTTP/1.1\r\nHost: a.test\r\nX-API-Key: c1\r\nContent-Length: 5000\r\nConnection: close\r\n\r\n`);

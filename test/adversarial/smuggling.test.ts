@@ -39,6 +39,21 @@ for (const [name, payload] of FRAMING) {
   });
 }
 
+// Catalogue HDR-06: CR, LF and NUL are refused above. Bytes 80-FF are obs-text, which RFC 9110
+// §5.5 lets a field value carry: they reach the upstream byte for byte, never re-encoded.
+t.test('header values with bytes 80-FF are forwarded byte for byte (latin1 E9; UTF-8 C3 A9)', async (t) => {
+  const head = Buffer.concat([
+    Buffer.from(`GET /open/x HTTP/1.1\r\n${H}X-Latin: caf`), Buffer.from([0xe9]),
+    Buffer.from('\r\nX-Utf8: caf'), Buffer.from([0xc3, 0xa9]), Buffer.from('\r\nConnection: close\r\n\r\n'),
+  ]);
+  const out = await rawTls(h, fx, head);
+  t.match(out, /^HTTP\/1\.1 200 /);
+  // The recording upstream reads values as latin1, one character per byte.
+  const up = h.seen.at(-1)!;
+  t.equal(up.headers['x-latin'], 'caf\u00e9', 'the single byte E9 arrives as one byte');
+  t.equal(up.headers['x-utf8'], 'caf\u00c3\u00a9', 'the UTF-8 pair C3 A9 arrives as the same two bytes');
+});
+
 t.test('pipelined: an unauthenticated second request never inherits the first one\'s identity', async (t) => {
   const before = h.seen.length;
   const out = await rawTls(h, fx, `GET /api/one HTTP/1.1\r\n${H}\r\nGET /api/two HTTP/1.1\r\n${H}X-Auth-User-ID: client-1\r\nConnection: close\r\n\r\n`, { waitMs: 1500 });

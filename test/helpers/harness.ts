@@ -138,7 +138,7 @@ export function client(fx: Fixture, name: keyof Fixture['clients']): { cert: str
 }
 
 /** Raw bytes over TLS: for requests an HTTP client refuses to send. */
-export function rawTls(h: { port: number }, fx: Fixture, payload: string, o: { servername?: string; cert?: string; key?: string; waitMs?: number } = {}): Promise<string> {
+export function rawTls(h: { port: number }, fx: Fixture, payload: string | Buffer, o: { servername?: string; cert?: string; key?: string; waitMs?: number } = {}): Promise<string> {
   return new Promise((resolve, reject) => {
     const s = tls.connect({ host: '127.0.0.1', port: h.port, servername: o.servername ?? 'a.test', ca: fx.ca.certPem, cert: o.cert, key: o.key, checkServerIdentity: () => undefined }, () => s.write(payload));
     let out = '';

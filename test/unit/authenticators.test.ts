@@ -43,7 +43,7 @@ writeFileSync(join(dir, 'jwks.json'), JSON.stringify({ keys: [pub(json('jws/rfc7
 const CONTRACT: Record<string, { cfg: Record<string, unknown>; garbage: AuthRequest['headers']; codes: string[] }> = {
   mtls: { cfg: { type: 'mtls' }, garbage: {}, codes: ['AUTH_010'] },
   jwt: { cfg: { type: 'jwt', algorithms: ['RS256'], jwks: { file: 'jwks.json' }, anyAudience: true }, garbage: { authorization: 'Bearer %%%.garbage' }, codes: ['AUTH_003'] },
-  apiKey: { cfg: { type: 'apiKey', keys: [{ id: 'k', hash: `sha256:${'0'.repeat(64)}`, subject: 's' }] }, garbage: { 'x-api-key': '\u0000\u00ff garbage' }, codes: ['AUTH_004'] },
+  apiKey: { cfg: { type: 'apiKey', keys: [{ id: 'k', hash: `sha256:${'0'.repeat(64)}`, subject: 's' }] }, garbage: { 'x-api-key': '\u0000\u00ff garbage' }, codes: ['AUTH_003'] },
   hmac: { cfg: { type: 'hmac', clients: [{ id: 'c', secret: 'x'.repeat(32), subject: 's' }] }, garbage: { 'x-api-key': 'c', 'x-signature': 'zz', 'x-timestamp': 'yesterday', 'x-nonce': 'n' }, codes: ['AUTH_003'] },
 };
 

@@ -106,6 +106,7 @@ export function createMetrics() {
     configLastReloadSuccess: new Gauge({ name: `${p}config_last_reload_success_timestamp_seconds`, help: 'When the serving config was loaded', aggregator: 'min', registers: [registry] }),
     replaysRejected: new Counter({ name: `${p}replays_rejected_total`, help: 'Signed requests refused as replays or outside the time window', registers: [registry] }),
     jwksRefresh: new Counter({ name: `${p}jwks_refresh_total`, help: 'Remote JWKS fetches by result', labelNames: ['result'], registers: [registry] }),
+    lockouts: new Counter({ name: `${p}lockouts_total`, help: 'Client IPs locked out after repeated authentication failures (lockout)', registers: [registry] }),
     connectionsDropped: new Counter({ name: `${p}connections_dropped_total`, help: 'Connections refused because server.maxConnections was reached', registers: [registry] }),
     openConnections: new Gauge({ name: `${p}open_connections`, help: 'Client connections currently open', registers: [registry], collect() { this.set(open); } }),
   };

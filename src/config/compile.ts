@@ -13,6 +13,7 @@ import { buildTls, type TlsTable } from '../tls/contexts.ts';
 import { Runtime } from '../runtime.ts';
 import type { RedisSettings } from '../store/redis.ts';
 import { compilePolicies, type CompiledPolicy } from '../pipeline/match.ts';
+import type { LockoutSettings } from '../pipeline/lockout.ts';
 import { blockList, foldHeader } from '../util/net.ts';
 
 export interface CompileOptions {
@@ -56,6 +57,8 @@ export interface CompiledConfig {
   readonly files: readonly string[];
   readonly runtime: Runtime;
   readonly store: StoreSettings;
+  /** Failure lockout (src/pipeline/lockout.ts); undefined when off. */
+  readonly lockout?: LockoutSettings;
 }
 
 export type StoreSettings = { readonly type: 'memory' } | ({ readonly type: 'redis' } & RedisSettings);
@@ -164,5 +167,9 @@ export function compile(raw: RawConfig, opts: CompileOptions): CompiledConfig {
     files: Object.freeze([...new Set(files)]),
     runtime,
     store: Object.freeze(store),
+    lockout: raw.lockout && Object.freeze({
+      failures: raw.lockout.failures, windowMs: raw.lockout.windowSec * 1000, lockMs: raw.lockout.lockSec * 1000,
+      exemptIps: raw.lockout.exemptIps.length ? blockList(raw.lockout.exemptIps) : undefined,
+    }),
   });
 }

@@ -17,6 +17,10 @@ export const DEFAULTS = {
     trustedProxies: [] as string[], // nobody's X-Forwarded-For is believed
   },
   admin: { listen: '127.0.0.1:9901' },
+  lockout: {
+    windowSec: 60, // failures counted over 1 min
+    lockSec: 300, // then 5 min of 429 AUTH_007
+  },
   tls: {
     minVersion: 'TLSv1.2' as const,
     unknownSni: 'reject' as const,

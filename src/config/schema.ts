@@ -148,6 +148,13 @@ export const configSchema = z.strictObject({
       ca: z.string().min(1).optional(),
     }),
   ]).prefault({ type: 'memory' }),
+  /** Lock a client IP out (429 AUTH_007) after repeated failed credentials. Off unless given. */
+  lockout: z.strictObject({
+    failures: z.number().int().min(1).max(1_000_000),
+    windowSec: z.number().int().min(1).max(86_400).default(D.lockout.windowSec),
+    lockSec: z.number().int().min(1).max(86_400).default(D.lockout.lockSec),
+    exemptIps: z.array(cidr).default([]),
+  }).optional(),
   logging: z.strictObject({
     level: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default(D.logging.level),
     access: z.boolean().default(D.logging.access),

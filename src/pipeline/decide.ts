@@ -18,6 +18,8 @@ export interface Decision {
   readonly reason: string;
   readonly identity?: Identity;
   readonly trace: readonly TraceEntry[];
+  /** A 429 from the failure lockout: seconds until the client may try again. */
+  readonly retryAfterSec?: number;
 }
 
 const noTiming = () => {};

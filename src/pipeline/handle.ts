@@ -14,6 +14,7 @@ import { decide, policyFor, type Decision } from './decide.ts';
 import { headerObject, headerSafe, upstreamRequest, type UpstreamRequest } from './headers.ts';
 import { upstreamReason, type Forwarded, type Upstream, type UpstreamFailure } from './upstream.ts';
 import { isPromise, type MaybePromise } from './requirements.ts';
+import { Lockout } from './lockout.ts';
 
 export interface HandlerDeps {
   /** The serving config; read once per request so in-flight requests keep theirs. */
@@ -91,10 +92,13 @@ export function answered(socket: object): boolean {
 
 export function createHandler(deps: HandlerDeps) {
   const { logger, metrics } = deps;
+  /** Failure counts and locks by client IP: one per process, kept across reloads. */
+  const lockout = new Lockout();
 
   function errorHeaders(code: ErrorCode, id: string, d?: Decision): Record<string, string> {
     const h: Record<string, string> = { 'content-type': 'application/json', 'cache-control': 'no-store', 'x-request-id': id };
     if (code === 'CONNECTION_STALE') h.connection = 'close';
+    if (d?.retryAfterSec !== undefined) h['retry-after'] = String(d.retryAfterSec);
     if (ERRORS[code].status === 401 || (d?.status === 401)) h['www-authenticate'] = d ? challenge(d) : 'Portcullis realm="portcullis"';
     return h;
   }
@@ -175,6 +179,18 @@ export function createHandler(deps: HandlerDeps) {
     ex.ctx = ctx;
     ex.id = ctx.id;
     const policy = policyFor(cfg, ctx);
+    if (cfg.lockout && policy && policy.authenticators.length && !policy.reportOnly) {
+      // Locked out: refused before the body is read or any authenticator runs.
+      const ms = lockout.lockedFor(ctx.clientIp, deps.now(), cfg.lockout);
+      if (ms > 0) {
+        const d: Decision = { policy, outcome: 'deny', code: 'AUTH_007', status: 429, reason: `client IP ${ctx.clientIp} is locked out after repeated authentication failures`, trace: [], retryAfterSec: Math.ceil(ms / 1000) };
+        ex.d = d;
+        ex.code = 'AUTH_007';
+        audit(ctx, d);
+        refuse('AUTH_007', ctx.id, d);
+        return undefined;
+      }
+    }
     if (policy?.needsBody && req.headers.upgrade === undefined) {
       return readBody(req, cfg.server.maxBodyBytes, ex).then((b) => {
         if (b === 'too-large' || b === 'aborted') {
@@ -218,6 +234,13 @@ export function createHandler(deps: HandlerDeps) {
     }
     if (d.outcome !== 'allow') audit(ctx, d);
     if (d.outcome === 'deny') {
+      if (cfg.lockout) {
+        const ms = lockout.failed(ctx.clientIp, d.code, deps.now(), cfg.lockout);
+        if (ms > 0) {
+          metrics.lockouts.inc();
+          logger.warn({ msg: 'client locked out after repeated authentication failures', requestId: ctx.id, clientIp: ctx.clientIp, policy: d.policy?.name, code: d.code, failures: cfg.lockout.failures, windowSec: cfg.lockout.windowMs / 1000, lockSec: ms / 1000 });
+        }
+      }
       refuse(d.code!, ctx.id, d);
       return undefined;
     }

@@ -103,6 +103,7 @@ export function createMetrics() {
     clientCertVerifications: new FastCounter(`${p}client_cert_verifications_total`, 'Client certificates seen at handshake, by verification result', registry),
     certExpiry: new Gauge({ name: `${p}certificate_expiry_timestamp_seconds`, help: 'notAfter of server certificates and client CAs, nextUpdate of CRLs', labelNames: ['name', 'role'], aggregator: 'max', registers: [registry] }),
     configReloads: new Counter({ name: `${p}config_reloads_total`, help: 'Config loads by result', labelNames: ['result'], registers: [registry] }),
+    configLastReloadSuccessful: new Gauge({ name: `${p}config_last_reload_successful`, help: 'Whether the last config load or reload succeeded (1) or was refused (0); the previous config keeps serving', aggregator: 'min', registers: [registry] }),
     configLastReloadSuccess: new Gauge({ name: `${p}config_last_reload_success_timestamp_seconds`, help: 'When the serving config was loaded', aggregator: 'min', registers: [registry] }),
     replaysRejected: new Counter({ name: `${p}replays_rejected_total`, help: 'Signed requests refused as replays or outside the time window', registers: [registry] }),
     jwksRefresh: new Counter({ name: `${p}jwks_refresh_total`, help: 'Remote JWKS fetches by result', labelNames: ['result'], registers: [registry] }),

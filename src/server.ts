@@ -192,6 +192,7 @@ export class PortcullisServer {
     }
     this.#ready = true;
     this.metrics.configReloads.inc({ result: 'success' });
+    this.metrics.configLastReloadSuccessful.set(1);
     this.metrics.configLastReloadSuccess.set(cfg.loadedAt / 1000);
     const actual = (this.#https.address() as { port: number }).port;
     this.logger.info({ msg: 'listening', address: `${host}:${actual}`, admin: adminPort, policies: cfg.policies.length, upstream: cfg.upstream.url.origin });
@@ -244,6 +245,7 @@ export class PortcullisServer {
     this.#useStore(next);
     this.#watcher?.track(next.files);
     this.metrics.configReloads.inc({ result: 'success' });
+    this.metrics.configLastReloadSuccessful.set(1);
     this.metrics.configLastReloadSuccess.set(next.loadedAt / 1000);
     this.logger.info({ msg: 'config reloaded', file: next.file, policies: next.policies.length, previousLoadedAt: new Date(prev.loadedAt).toISOString() });
   }
@@ -255,6 +257,7 @@ export class PortcullisServer {
       return true;
     } catch (e) {
       this.metrics.configReloads.inc({ result: 'failure' });
+      this.metrics.configLastReloadSuccessful.set(0);
       const issues = e instanceof ConfigError ? e.message.split('\n') : [(e as Error).message];
       this.logger.error({ msg: 'config reload refused; still serving the previous config', issues });
       return false;

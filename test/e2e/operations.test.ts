@@ -112,15 +112,27 @@ t.test('reload: a policy change applies on a live keep-alive connection; broken 
   const r = await get('/later/x');
   t.equal(r.status, 200, 'new policy in force');
   t.ok(r.reused, 'on the same connection: nothing was dropped');
+  const metrics = async () => parseProm(await (await fetch(`http://127.0.0.1:${h.adminPort}/metrics`)).text()).samples;
+  const good = await metrics();
+  t.equal(value(good, 'portcullis_config_last_reload_successful'), 1, 'the reload is reported successful');
+  const goodAt = value(good, 'portcullis_config_last_reload_success_timestamp_seconds');
 
   writeFileSync(h.configFile, text + '\n  - name: [broken\n');
   await until('refusal', () => h.logs.some((l) => l.msg?.startsWith('config reload refused')));
   const refused = h.logs.find((l) => l.msg?.startsWith('config reload refused'))!;
   t.match(refused.issues[0], /portcullis\.yaml:\d+:\d+: /, 'the refusal names file:line:col');
   t.equal((await get('/later/x')).status, 200, 'the last good config keeps serving');
-  const m = parseProm(await (await fetch(`http://127.0.0.1:${h.adminPort}/metrics`)).text());
-  t.equal(value(m.samples, 'portcullis_config_reloads_total', { result: 'failure' }), 1);
+  const m = await metrics();
+  t.equal(value(m, 'portcullis_config_reloads_total', { result: 'failure' }), 1);
+  t.equal(value(m, 'portcullis_config_last_reload_successful'), 0, 'the refusal flips config_last_reload_successful to 0 (catalogue CFG-01)');
+  t.equal(value(m, 'portcullis_config_last_reload_success_timestamp_seconds'), goodAt, 'the success timestamp still names the serving config');
   t.equal((await fetch(`http://127.0.0.1:${h.adminPort}/readyz`)).status, 200, '/readyz stays 200');
+
+  const reloads = h.logs.filter((l) => l.msg === 'config reloaded').length;
+  writeFileSync(h.configFile, text);
+  await until('the fixed file reloads', () => h.logs.filter((l) => l.msg === 'config reloaded').length > reloads);
+  t.equal(value(await metrics(), 'portcullis_config_last_reload_successful'), 1, 'a good reload sets it back to 1');
+  t.equal((await get('/later/x')).status, 403, 'the fixed file is in force');
 });
 
 // Catalogue CFG-08: a file rewritten 100 times a second reloads a handful of times, not 100,

@@ -108,7 +108,7 @@ export function createMetrics() {
     replaysRejected: new Counter({ name: `${p}replays_rejected_total`, help: 'Signed requests refused as replays or outside the time window', registers: [registry] }),
     jwksRefresh: new Counter({ name: `${p}jwks_refresh_total`, help: 'Remote JWKS fetches by result', labelNames: ['result'], registers: [registry] }),
     lockouts: new Counter({ name: `${p}lockouts_total`, help: 'Client IPs locked out after repeated authentication failures (lockout)', registers: [registry] }),
-    connectionsDropped: new Counter({ name: `${p}connections_dropped_total`, help: 'Connections refused because server.maxConnections was reached', registers: [registry] }),
+    connectionsDropped: new Counter({ name: `${p}connections_dropped_total`, help: 'Connections refused, by reason: max_connections (server.maxConnections) or per_ip (server.maxConnectionsPerIp)', labelNames: ['reason'], registers: [registry] }),
     openConnections: new Gauge({ name: `${p}open_connections`, help: 'Client connections currently open', registers: [registry], collect() { this.set(open); } }),
   };
   return {

@@ -36,6 +36,10 @@ export class PortcullisServer {
   #upstream: Upstream;
   readonly #conns = new WeakMap<TLSSocket, ConnectionInfo>();
   readonly #sockets = new Set<Socket>();
+  /** Open connections by client address, and the addresses refused since they were last under the cap (logged once). */
+  readonly #perIp = new Map<string, number>();
+  readonly #perIpLogged = new Set<string>();
+  readonly #refused = new WeakSet<Socket>();
   readonly #upgraded = new Set<Duplex>();
   #inFlight: () => number = () => 0;
   #accepting = true;
@@ -83,10 +87,33 @@ export class PortcullisServer {
       },
     });
     this.#applyServerSettings(cfg);
-    this.#https.on('connection', (s: Socket) => {
+    // Runs before the TLS wrapper is made: a connection over the per-address cap is closed
+    // before any handshake work (catalogue DOS-01).
+    this.#https.prependListener('connection', (s: Socket) => {
+      const ip = s.remoteAddress ?? '';
+      const n = (this.#perIp.get(ip) ?? 0) + 1;
+      const cap = this.#config.server.maxConnectionsPerIp;
+      if (cap > 0 && n > cap) {
+        this.#refused.add(s);
+        s.destroy();
+        this.metrics.connectionsDropped.inc({ reason: 'per_ip' });
+        if (!this.#perIpLogged.has(ip)) {
+          this.#perIpLogged.add(ip);
+          this.logger.warn({ msg: 'connection refused: server.maxConnectionsPerIp reached for this address', max: cap, remoteAddress: ip });
+        }
+        return;
+      }
+      this.#perIp.set(ip, n);
       this.#sockets.add(s);
       this.metrics.connectionOpened();
-      s.once('close', () => { this.#sockets.delete(s); this.metrics.connectionClosed(); });
+      s.once('close', () => {
+        this.#sockets.delete(s);
+        this.metrics.connectionClosed();
+        const left = (this.#perIp.get(ip) ?? 1) - 1;
+        if (left > 0) this.#perIp.set(ip, left);
+        else this.#perIp.delete(ip);
+        if (left < this.#config.server.maxConnectionsPerIp) this.#perIpLogged.delete(ip);
+      });
     });
     this.#https.on('secureConnection', (s: TLSSocket) => {
       const info = connectionInfo(s, this.now(), this.#config.tls.trustKey);
@@ -96,10 +123,13 @@ export class PortcullisServer {
       if (cc.present) this.metrics.countClientCert(cc.verified ? 'verified' : (cc.problem ?? 'invalid'));
     });
     this.#https.on('drop', (d?: { remoteAddress?: string }) => {
-      this.metrics.connectionsDropped.inc();
+      this.metrics.connectionsDropped.inc({ reason: 'max_connections' });
       this.logger.warn({ msg: 'connection refused: server.maxConnections reached', max: this.#config.server.maxConnections, remoteAddress: d?.remoteAddress });
     });
-    this.#https.on('tlsClientError', (err: Error & { code?: string }) => {
+    this.#https.on('tlsClientError', (err: Error & { code?: string }, s: TLSSocket) => {
+      // The TLS wrapper of a connection refused by the per-address cap reports a hang-up; it
+      // was counted as dropped, not as a failed handshake. (_parent: the wrapped net.Socket.)
+      if (this.#refused.has((s as unknown as { _parent: Socket })._parent)) return;
       if (!/unknown SNI/.test(err.message)) this.metrics.countHandshake('none', 'error');
       this.logger.debug({ msg: 'TLS handshake failed', code: err.code, reason: err.message });
     });

@@ -42,7 +42,7 @@ export interface CompiledConfig {
   readonly loadedAt: number;
   readonly server: {
     readonly host: string; readonly port: number; readonly workers: number | 'auto';
-    readonly maxHeaderBytes: number; readonly maxUriBytes: number; readonly maxBodyBytes: number; readonly maxConnections: number;
+    readonly maxHeaderBytes: number; readonly maxUriBytes: number; readonly maxBodyBytes: number; readonly maxConnections: number; readonly maxConnectionsPerIp: number;
     readonly timeouts: { readonly headersMs: number; readonly requestMs: number; readonly idleMs: number; readonly shutdownMs: number };
     readonly trustedProxies: BlockList; readonly hasTrustedProxies: boolean;
   };
@@ -150,7 +150,7 @@ export function compile(raw: RawConfig, opts: CompileOptions): CompiledConfig {
     loadedAt: now,
     server: Object.freeze({
       host: listen.host, port: listen.port, workers: raw.server.workers,
-      maxHeaderBytes: raw.server.maxHeaderBytes, maxUriBytes: raw.server.maxUriBytes, maxBodyBytes: raw.server.maxBodyBytes, maxConnections: raw.server.maxConnections,
+      maxHeaderBytes: raw.server.maxHeaderBytes, maxUriBytes: raw.server.maxUriBytes, maxBodyBytes: raw.server.maxBodyBytes, maxConnections: raw.server.maxConnections, maxConnectionsPerIp: raw.server.maxConnectionsPerIp,
       timeouts: Object.freeze({ ...raw.server.timeouts }),
       trustedProxies: blockList(raw.server.trustedProxies), hasTrustedProxies: raw.server.trustedProxies.length > 0,
     }),

@@ -8,6 +8,7 @@ export const DEFAULTS = {
     maxUriBytes: 8_192, // 8 KiB request target, as nginx's and Apache's default request-line limits
     maxBodyBytes: 1_048_576, // 1 MiB; bodies are buffered only for routes that sign the body
     maxConnections: 10_000,
+    maxConnectionsPerIp: 0,
     timeouts: {
       headersMs: 10_000, // 10 s to send the request head (slowloris)
       requestMs: 60_000, // 60 s for the whole request

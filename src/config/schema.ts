@@ -92,6 +92,8 @@ export const configSchema = z.strictObject({
     maxUriBytes: z.number().int().min(256).max(1_048_576).default(D.server.maxUriBytes),
     maxBodyBytes: z.number().int().min(0).default(D.server.maxBodyBytes),
     maxConnections: z.number().int().min(1).default(D.server.maxConnections),
+    /** Connections one client address may hold at once (per worker); 0: no per-address cap. */
+    maxConnectionsPerIp: z.number().int().min(0).default(D.server.maxConnectionsPerIp),
     timeouts: z.strictObject({
       headersMs: z.number().int().min(100).default(D.server.timeouts.headersMs),
       requestMs: z.number().int().min(100).default(D.server.timeouts.requestMs),

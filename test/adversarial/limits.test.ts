@@ -218,7 +218,47 @@ t.test('server.maxConnections: connections over the cap are refused, logged and 
   t.same(results, ['open', 'open', 'open', 'open', 'open', 'refused', 'refused']);
   t.ok(capped.logs.some((l) => l.msg === 'connection refused: server.maxConnections reached'));
   const m = await (await fetch(`http://127.0.0.1:${capped.adminPort}/metrics`)).text();
-  t.match(m, /portcullis_connections_dropped_total 2/);
+  t.match(m, /portcullis_connections_dropped_total\{reason="max_connections"\} 2/);
+  for (const s of socks) s.destroy();
+});
+
+// Catalogue DOS-01: one address cannot take every connection slot.
+t.test('server.maxConnectionsPerIp: one address over its cap is refused before the handshake; others and later connections are served', async (t) => {
+  const capped = await startHarness(fx, cfg('  maxConnectionsPerIp: 3'));
+  t.teardown(() => capped.close());
+  const socks: tls.TLSSocket[] = [];
+  const open = (localAddress = '127.0.0.1') => new Promise<'open' | 'refused'>((resolve) => {
+    const s = tls.connect({ socket: net.connect({ host: '127.0.0.1', port: capped.port, localAddress }), servername: 'a.test', ca: fx.ca.certPem, checkServerIdentity: () => undefined }, () => { socks.push(s); resolve('open'); });
+    s.on('error', () => resolve('refused'));
+    s.on('close', () => resolve('refused'));
+  });
+  const results = [];
+  for (let i = 0; i < 5; i++) results.push(await open());
+  t.same(results, ['open', 'open', 'open', 'refused', 'refused'], 'the fourth and fifth connection from 127.0.0.1 are refused');
+  t.equal(await open('127.0.0.2'), 'open', 'another address is served');
+  const refusals = capped.logs.filter((l) => l.msg === 'connection refused: server.maxConnectionsPerIp reached for this address');
+  t.same(refusals.map((l) => [l.remoteAddress, l.max]), [['127.0.0.1', 3]], 'logged once for the address, not once per refused connection');
+
+  // One of the three closes: the address may connect again, and a request on it is served.
+  socks.shift()!.destroy();
+  for (let i = 0; i < 200; i++) {
+    const open = await (await fetch(`http://127.0.0.1:${capped.adminPort}/metrics`)).text();
+    if (/^portcullis_open_connections 3$/m.test(open)) break;
+    await new Promise((r) => setTimeout(r, 25));
+  }
+  t.equal(await open(), 'open', 'under the cap again: served');
+  const raw = await new Promise<string>((resolve, reject) => {
+    const s = socks.at(-1)!;
+    let data = '';
+    s.on('data', (d) => { data += d; if (data.includes('\r\n\r\n')) resolve(data); });
+    s.on('error', reject);
+    s.write('GET /x HTTP/1.1\r\nhost: a.test\r\n\r\n');
+  });
+  t.match(raw, /^HTTP\/1\.1 200 /);
+
+  const m = await (await fetch(`http://127.0.0.1:${capped.adminPort}/metrics`)).text();
+  t.match(m, /portcullis_connections_dropped_total\{reason="per_ip"\} 2/, 'counted by reason');
+  t.notMatch(m, /portcullis_tls_handshakes_total\{[^}]*result="error"/, 'a refused connection is not a failed handshake');
   for (const s of socks) s.destroy();
 });
 

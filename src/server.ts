@@ -13,6 +13,7 @@ import { connectionInfo, type ConnectionInfo } from './tls/peer.ts';
 import { answered, createHandler } from './pipeline/handle.ts';
 import { Upstream } from './pipeline/upstream.ts';
 import { ConfigWatcher } from './watch.ts';
+import type { RedisConnection } from './store/redis.ts';
 
 export interface ServerOptions {
   config: CompiledConfig;
@@ -42,6 +43,7 @@ export class PortcullisServer {
   readonly #refused = new WeakSet<Socket>();
   readonly #upgraded = new Set<Duplex>();
   #inFlight: () => number = () => 0;
+  #shareLockout: (conn: RedisConnection | undefined) => void = () => {};
   #accepting = true;
   #ready = false;
   readonly #opts: ServerOptions;
@@ -148,6 +150,7 @@ export class PortcullisServer {
       accepting: () => this.#accepting,
     });
     this.#inFlight = handler.inFlight;
+    this.#shareLockout = handler.shareLockout;
     this.#https.on('request', handler.onRequest);
     // With this listener Node no longer answers `Expect: 100-continue` itself: the request is
     // judged on its head before the client is asked for the body (attack catalogue SMUG-10).
@@ -234,6 +237,7 @@ export class PortcullisServer {
     const s = cfg.store.type === 'redis' ? cfg.store : undefined;
     cfg.runtime.retainStore(s, cfg.server.timeouts.shutdownMs);
     if (s) void cfg.runtime.redis(s).connect();
+    this.#shareLockout(s && cfg.lockout ? cfg.runtime.redis(s) : undefined);
   }
 
   async #adminRequest(req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {

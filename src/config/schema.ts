@@ -150,7 +150,7 @@ export const configSchema = z.strictObject({
       ca: z.string().min(1).optional(),
     }),
   ]).prefault({ type: 'memory' }),
-  /** Lock a client IP out (429 AUTH_007) after repeated failed credentials. Off unless given. */
+  /** Lock a client IP out (429 AUTH_007) after repeated failed credentials; counted across replicas with store: redis. Off unless given. */
   lockout: z.strictObject({
     failures: z.number().int().min(1).max(1_000_000),
     windowSec: z.number().int().min(1).max(86_400).default(D.lockout.windowSec),

@@ -15,6 +15,7 @@ import { headerObject, headerSafe, upstreamRequest, type UpstreamRequest } from 
 import { upstreamReason, type Forwarded, type Upstream, type UpstreamFailure } from './upstream.ts';
 import { isPromise, type MaybePromise } from './requirements.ts';
 import { Lockout } from './lockout.ts';
+import type { RedisConnection } from '../store/redis.ts';
 
 export interface HandlerDeps {
   /** The serving config; read once per request so in-flight requests keep theirs. */
@@ -234,12 +235,17 @@ export function createHandler(deps: HandlerDeps) {
     }
     if (d.outcome !== 'allow') audit(ctx, d);
     if (d.outcome === 'deny') {
-      if (cfg.lockout) {
-        const ms = lockout.failed(ctx.clientIp, d.code, deps.now(), cfg.lockout);
-        if (ms > 0) {
+      const ls = cfg.lockout;
+      if (ls) {
+        // Counted after the answer is decided: a shared count (Redis) never delays the denial.
+        const locked = (ms: number) => {
+          if (ms <= 0) return;
           metrics.lockouts.inc();
-          logger.warn({ msg: 'client locked out after repeated authentication failures', requestId: ctx.id, clientIp: ctx.clientIp, policy: d.policy?.name, code: d.code, failures: cfg.lockout.failures, windowSec: cfg.lockout.windowMs / 1000, lockSec: ms / 1000 });
-        }
+          logger.warn({ msg: 'client locked out after repeated authentication failures', requestId: ctx.id, clientIp: ctx.clientIp, policy: d.policy?.name, code: d.code, failures: ls.failures, windowSec: ls.windowMs / 1000, lockSec: ms / 1000 });
+        };
+        const ms = lockout.record(ctx.clientIp, d.code, deps.now(), ls);
+        if (isPromise(ms)) void ms.then(locked);
+        else locked(ms);
       }
       refuse(d.code!, ctx.id, d);
       return undefined;
@@ -417,7 +423,10 @@ export function createHandler(deps: HandlerDeps) {
     logAccess(deps.config(), undefined, id, 'CONNECT', undefined, 'BAD_REQUEST', 400, t0);
   }
 
-  return { onRequest, onUpgrade, onConnect, sendError, inFlight: () => inFlight };
+  /** The config's shared store, for lockout counts (undefined: this process only). */
+  const shareLockout = (conn: RedisConnection | undefined) => lockout.share(conn, deps.now);
+
+  return { onRequest, onUpgrade, onConnect, sendError, shareLockout, inFlight: () => inFlight };
 }
 
 function statusText(status: number): string {

@@ -53,6 +53,9 @@ export class RedisConnection {
   #closed = false;
   readonly #pending = new Set<Pending>();
   #sweeper?: NodeJS.Timeout;
+  /** A second connection, in subscriber mode (Redis takes no other command on one). */
+  #subscriber?: Promise<Redis>;
+  readonly #channels = new Map<string, (message: string) => void>();
 
   constructor(settings: RedisSettings, events: () => RedisEvents) {
     this.settings = settings;
@@ -117,6 +120,30 @@ export class RedisConnection {
     });
   }
 
+  /**
+   * Call `onMessage` with every message published on `channel` (prefixed with keyPrefix),
+   * for as long as this connection lives; ioredis re-subscribes after a reconnection.
+   * Messages published while disconnected are lost: callers use them to learn sooner
+   * what they could also learn on their next command.
+   */
+  subscribe(channel: string, onMessage: (message: string) => void): void {
+    const name = this.settings.keyPrefix + channel;
+    if (this.#channels.has(name)) { this.#channels.set(name, onMessage); return; }
+    this.#channels.set(name, onMessage);
+    this.#subscriber ??= this.connect().then((c) => {
+      const sub = c.duplicate();
+      sub.on('error', () => { /* the main connection reports outages */ });
+      sub.on('message', (ch: string, message: string) => this.#channels.get(ch)?.(message));
+      if (this.#closed) sub.disconnect();
+      else sub.connect().catch(() => { /* retried by retryStrategy */ });
+      return sub;
+    });
+    void this.#subscriber.then((sub) => sub.subscribe(name)).catch(() => { /* closed, or retried on reconnection */ });
+  }
+
+  /** The prefixed channel name, for PUBLISH. */
+  channel(name: string): string { return this.settings.keyPrefix + name; }
+
   #sweep(): void {
     const now = performance.now();
     // Insertion order is deadline order (one timeout for every command).
@@ -133,6 +160,7 @@ export class RedisConnection {
     if (this.#sweeper) clearInterval(this.#sweeper);
     for (const p of this.#pending) p.reject(new Error('connection closed'));
     this.#pending.clear();
+    if (this.#subscriber) (await this.#subscriber).disconnect();
     if (!this.#client) return;
     const c = await this.#client;
     c.disconnect();

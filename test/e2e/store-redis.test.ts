@@ -5,6 +5,7 @@
 // touches it; workers: 2 share it.
 import t from 'tap';
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { createHash } from 'node:crypto';
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { Redis } from 'ioredis';
@@ -244,4 +245,82 @@ t.test('workers: 2 with store: redis — a replay to the other worker is refused
   const exited = new Promise((r) => child.once('exit', r));
   child.kill('SIGTERM');
   t.equal(await exited, 0, 'clean shutdown (Redis connections closed)');
+});
+
+// Failure lockout shared by replicas (SPEC §5 AUTH_007): wrong keys spread over two
+// replicas add up to one count; the lock reaches every replica; a replica that missed
+// the message learns it on the client's next failure; it ends after lockSec; without
+// Redis each replica counts on its own.
+t.test('lockout with store: redis counts failures across replicas and locks the client out at every one', async (t) => {
+  const redisPort = await freePort();
+  let redis = await startRedis(redisPort);
+  t.teardown(() => stopRedis(redis));
+  const direct = new Redis({ port: redisPort, host: '127.0.0.1', password: PASSWORD, lazyConnect: true, maxRetriesPerRequest: 1 });
+  direct.on('error', () => { /* while the server is stopped on purpose */ });
+  await direct.connect();
+  t.teardown(() => direct.disconnect());
+
+  const KEY = 'kapi_prod_sharedlockoutsharedlockout12';
+  const yaml = baseConfig(`
+authenticators:
+  keys:
+    type: apiKey
+    keys: [ { id: k1, hash: "sha256:${createHash('sha256').update(KEY).digest('hex')}", subject: svc } ]
+policies:
+  - name: api
+    match: { paths: ["/api/**"] }
+    authenticate: keys
+lockout: { failures: 3, windowSec: 60, lockSec: 2 }
+store: { type: redis, url: "redis://:\${env:PORTCULLIS_TEST_REDIS_PASSWORD}@127.0.0.1:${redisPort}/0", keyPrefix: "pc-lock:", timeoutMs: 300 }
+`, '  trustedProxies: [127.0.0.1/32]');
+  const a = await startHarness(fx, yaml);
+  const b = await startHarness(fx, yaml);
+  t.teardown(() => Promise.all([a.close(), b.close()]));
+  const as = (h: Harness, ip: string, key: string) => request(h, fx, { path: '/api/x', headers: { 'x-forwarded-for': ip, 'x-api-key': key } });
+  const code = (r: { status: number; json?: any }) => [r.status, r.json?.error?.code];
+  const lockouts = async (h: Harness) => value(parseProm(await (await fetch(`http://127.0.0.1:${h.adminPort}/metrics`)).text()).samples, 'portcullis_lockouts_total');
+  const wrong = (i: number) => `kapi_prod_wrong${i}wrong${i}wrong${i}wrong${i}wrong${i}`;
+  const settle = async (what: string, fn: () => Promise<boolean>) => {
+    for (let i = 0; i < 200; i++) { if (await fn()) return; await new Promise((r) => setTimeout(r, 25)); }
+    throw new Error(`timed out waiting for ${what}`);
+  };
+
+  const ip = '203.0.113.50';
+  t.same(code(await as(a, ip, wrong(1))), [401, 'AUTH_004']);
+  t.same(code(await as(b, ip, wrong(2))), [401, 'AUTH_004']);
+  await settle('two failures counted in Redis', async () => (await direct.get(`pc-lock:lockout:failures:${ip}`)) === '2');
+  t.equal(await lockouts(a) ?? 0, 0, 'two failures, one at each replica: not locked yet');
+  t.same(code(await as(a, ip, wrong(3))), [401, 'AUTH_004'], 'the third failure is answered as such');
+  await settle('the lock key', async () => (await direct.pttl(`pc-lock:lockout:lock:${ip}`)) > 0);
+  await new Promise((r) => setTimeout(r, 100)); // the published lock reaches B
+  const before = a.seen.length + b.seen.length;
+  for (const h of [a, b]) {
+    const r = await as(h, ip, KEY);
+    t.same(code(r), [429, 'AUTH_007'], 'the right key is refused at both replicas');
+    t.ok(Number(r.headers['retry-after']) >= 1 && Number(r.headers['retry-after']) <= 2, 'Retry-After: the lock\'s remaining seconds');
+  }
+  t.equal(a.seen.length + b.seen.length, before, 'nothing forwarded');
+  t.equal(await lockouts(a), 1, 'the replica whose failure locked the client counts the lockout');
+  t.equal(await lockouts(b) ?? 0, 0, 'the other one does not count it again');
+  t.ok(a.logs.some((l) => l.msg === 'client locked out after repeated authentication failures' && l.clientIp === ip));
+  t.equal((await as(a, '203.0.113.51', KEY)).status, 200, 'another client is served');
+
+  // A replica that was not listening when the lock was published learns it from Redis at
+  // the client's next failure there.
+  const c = await startHarness(fx, yaml);
+  t.teardown(() => c.close());
+  t.same(code(await as(c, ip, wrong(4))), [401, 'AUTH_004'], 'the new replica judges this request itself');
+  await settle('the new replica learns the lock', async () => code(await as(c, ip, wrong(5)))[0] === 429);
+  t.same(code(await as(c, ip, KEY)), [429, 'AUTH_007'], 'and refuses the right key too');
+
+  await settle('the lock ends after lockSec', async () => (await as(a, ip, KEY)).status === 200);
+  t.equal((await as(b, ip, KEY)).status, 200, 'at every replica');
+
+  // Redis gone: each replica counts alone, still locking after `failures` at it.
+  await stopRedis(redis);
+  const ip2 = '203.0.113.60';
+  for (let i = 0; i < 3; i++) t.same(code(await as(a, ip2, wrong(i))), [401, 'AUTH_004']);
+  await settle('counted locally without Redis', async () => code(await as(a, ip2, KEY))[0] === 429);
+  t.equal((await as(b, ip2, KEY)).status, 200, 'only at the replica that saw the failures');
+  redis = await startRedis(redisPort);
 });

@@ -100,6 +100,7 @@ export function createMetrics() {
     upstreamDuration: new FastHistogram(`${p}upstream_duration_seconds`, 'Time from forwarding to the upstream until its response was relayed in full', REQUEST_BUCKETS, registry),
     upstreamErrors: new FastCounter(`${p}upstream_errors_total`, 'Upstream exchanges that failed, by reason (connect, timeout, reset, tls, protocol, request)', registry),
     tlsHandshakes: new FastCounter(`${p}tls_handshakes_total`, 'TLS handshakes by SNI name (as configured, or "other"/"none") and result', registry),
+    tlsHandshakeErrors: new Counter({ name: `${p}tls_handshake_errors_total`, help: 'Failed TLS handshakes by reason: timeout, closed, not_tls, protocol_version, no_shared_cipher, no_alpn, client_alert (the client refused the server certificate or the session), other', labelNames: ['reason'], registers: [registry] }),
     clientCertVerifications: new FastCounter(`${p}client_cert_verifications_total`, 'Client certificates seen at handshake, by verification result', registry),
     certExpiry: new Gauge({ name: `${p}certificate_expiry_timestamp_seconds`, help: 'notAfter of server certificates and client CAs, nextUpdate of CRLs', labelNames: ['name', 'role'], aggregator: 'max', registers: [registry] }),
     configReloads: new Counter({ name: `${p}config_reloads_total`, help: 'Config loads by result', labelNames: ['result'], registers: [registry] }),

@@ -132,7 +132,10 @@ export class PortcullisServer {
       // The TLS wrapper of a connection refused by the per-address cap reports a hang-up; it
       // was counted as dropped, not as a failed handshake. (_parent: the wrapped net.Socket.)
       if (this.#refused.has((s as unknown as { _parent: Socket })._parent)) return;
-      if (!/unknown SNI/.test(err.message)) this.metrics.countHandshake('none', 'error');
+      if (!/unknown SNI/.test(err.message)) {
+        this.metrics.countHandshake('none', 'error');
+        this.metrics.tlsHandshakeErrors.inc({ reason: handshakeFailure(err.code) });
+      }
       this.logger.debug({ msg: 'TLS handshake failed', code: err.code, reason: err.message });
     });
 
@@ -320,5 +323,21 @@ export class PortcullisServer {
       await new Promise<void>((r) => this.#admin!.close(() => r()));
     }
     this.logger.info({ msg: 'stopped' });
+  }
+}
+
+/**
+ * A bounded reason for a failed handshake (catalogue TLS-14), from Node's and OpenSSL's
+ * error codes, so that an operator sees why clients fail without turning on debug logs.
+ */
+export function handshakeFailure(code: string | undefined): string {
+  switch (code) {
+    case 'ERR_TLS_HANDSHAKE_TIMEOUT': return 'timeout';
+    case 'ECONNRESET': case 'EPIPE': return 'closed';
+    case 'ERR_SSL_HTTP_REQUEST': case 'ERR_SSL_WRONG_VERSION_NUMBER': case 'ERR_SSL_PACKET_LENGTH_TOO_LONG': case 'ERR_SSL_RECORD_LENGTH_MISMATCH': return 'not_tls';
+    case 'ERR_SSL_UNSUPPORTED_PROTOCOL': case 'ERR_SSL_VERSION_TOO_LOW': case 'ERR_SSL_UNKNOWN_PROTOCOL': return 'protocol_version';
+    case 'ERR_SSL_NO_SHARED_CIPHER': case 'ERR_SSL_NO_SHARED_GROUPS': case 'ERR_SSL_NO_SUITABLE_KEY_SHARE': case 'ERR_SSL_NO_SUITABLE_SIGNATURE_ALGORITHM': return 'no_shared_cipher';
+    case 'ERR_SSL_NO_APPLICATION_PROTOCOL': return 'no_alpn';
+    default: return code && /^ERR_SSL_(SSLV3|TLSV1)_ALERT_/.test(code) ? 'client_alert' : 'other';
   }
 }

@@ -125,6 +125,8 @@ t.test('a TLS handshake not finished within headersMs is cut off and counted', a
     return Number(/portcullis_tls_handshakes_total\{[^}]*result="error"[^}]*\} (\d+)/.exec(text)?.[1] ?? 0);
   };
   const before = await handshakeErrors();
+  const timeouts = async () => Number(/^portcullis_tls_handshake_errors_total\{reason="timeout"\} (\d+)$/m.exec(await fetch(`http://127.0.0.1:${h.adminPort}/metrics`).then((r) => r.text()))?.[1] ?? 0);
+  const timeoutsBefore = await timeouts();
   for (const [what, bytes] of [['nothing', ''], ['half a ClientHello', '\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03']] as const) {
     const s = net.connect(h.port, '127.0.0.1');
     s.on('error', () => {});
@@ -137,6 +139,7 @@ t.test('a TLS handshake not finished within headersMs is cut off and counted', a
   let after = before;
   for (let i = 0; i < 100 && after < before + 2; i++) { await new Promise((r) => setTimeout(r, 50)); after = await handshakeErrors(); }
   t.equal(after, before + 2, 'both counted as failed handshakes');
+  t.equal(await timeouts(), timeoutsBefore + 2, 'both for the reason "timeout" (tls_handshake_errors_total)');
 });
 
 t.test('slowloris: a request head not finished within headersMs is cut off', async (t) => {

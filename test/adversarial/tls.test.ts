@@ -2,6 +2,7 @@
 // refused; and testssl.sh against the live listener (installed by .ci/run).
 import t from 'tap';
 import tls from 'node:tls';
+import net from 'node:net';
 import { spawn, spawnSync } from 'node:child_process';
 import { readFileSync, mkdtempSync } from 'node:fs';
 import { join } from 'node:path';
@@ -63,6 +64,45 @@ t.test('TLS 1.2 ciphers: no RSA key exchange, no CBC, no 3DES/RC4/NULL/anon', as
   }
   for (const c of ['ECDHE-RSA-AES256-GCM-SHA384', 'ECDHE-RSA-CHACHA20-POLY1305']) {
     t.match(await hello({ maxVersion: 'TLSv1.2', ciphers: c }), new RegExp(`^TLSv1\\.2 ${c}$`), `${c} accepted`);
+  }
+});
+
+// Catalogue TLS-14: an operator sees why handshakes fail without turning on debug logs.
+t.test('failed handshakes are counted by reason: protocol version, cipher, ALPN, not TLS, a client refusing the certificate', async (t) => {
+  const reasons = async () => {
+    const text = await fetch(`http://127.0.0.1:${h.adminPort}/metrics`).then((r) => r.text());
+    return Object.fromEntries([...text.matchAll(/^portcullis_tls_handshake_errors_total\{reason="([a-z_]+)"\} (\d+)$/gm)].map((m) => [m[1], Number(m[2])]));
+  };
+  const cases: [string, () => Promise<string>][] = [
+    ['protocol_version', () => hello({ minVersion: 'TLSv1.1', maxVersion: 'TLSv1.1', ciphers: 'DEFAULT@SECLEVEL=0' })],
+    ['no_shared_cipher', () => hello({ maxVersion: 'TLSv1.2', ciphers: 'AES128-SHA@SECLEVEL=0' })],
+    ['no_alpn', () => hello({ ALPNProtocols: ['h2'] })],
+    // openssl s_client trusting nothing: it answers the server's certificate with an alert
+    // (Node's client would finish the handshake and only then close).
+    ['client_alert', () => new Promise((resolve) => {
+      // Not spawnSync: the server under test runs in this process.
+      const p = spawn('openssl', ['s_client', '-connect', `127.0.0.1:${h.port}`, '-servername', 'a.test', '-verify_return_error', '-no-CAfile', '-no-CApath', '-no-CAstore'], { stdio: ['pipe', 'pipe', 'pipe'] });
+      let out = '';
+      p.stdout.on('data', (d) => { out += d; });
+      p.stderr.on('data', (d) => { out += d; });
+      p.stdin.end();
+      p.on('close', (code) => resolve(code !== 0 && /verify error|unable to get local issuer/i.test(out) ? 'refused by the client' : `exit ${code}: ${out.slice(0, 200)}`));
+    })],
+    ['not_tls', () => new Promise((resolve) => {
+      // Plain HTTP to the TLS port: closed without an answer.
+      let got = '';
+      const s = net.connect(h.port, '127.0.0.1', () => s.write('GET / HTTP/1.1\r\nhost: a.test\r\n\r\n'));
+      s.on('data', (d) => { got += d; });
+      s.on('error', () => {});
+      s.on('close', () => resolve(got ? `answered ${got.slice(0, 20)}` : 'refused (closed)'));
+    })],
+  ];
+  for (const [reason, attempt] of cases) {
+    const before = (await reasons())[reason] ?? 0;
+    t.match(await attempt(), /^refused/, `${reason}: the handshake fails`);
+    let after = before;
+    for (let i = 0; i < 100 && after === before; i++) { await new Promise((r) => setTimeout(r, 20)); after = (await reasons())[reason] ?? 0; }
+    t.equal(after, before + 1, `counted as ${reason}`);
   }
 });
 

@@ -94,6 +94,7 @@ export function createMetrics() {
   let open = 0;
   const m = {
     registry,
+    authResults: new FastCounter(`${p}auth_results_total`, 'Verdicts of each authenticator: result (allow, deny: a credential failed, skip: none of its kind) and code (empty for allow)', registry),
     requests: new FastCounter(`${p}requests_total`, 'Requests by policy, outcome (allow, deny, would_deny, error) and code', registry),
     requestDuration: new FastHistogram(`${p}request_duration_seconds`, 'Time from request head to response end', REQUEST_BUCKETS, registry),
     authDuration: new FastHistogram(`${p}auth_duration_seconds`, 'Time spent in each authenticator', AUTH_BUCKETS, registry),
@@ -120,8 +121,9 @@ export function createMetrics() {
     observeRequest(policy: string, seconds: number): void {
       m.requestDuration.observe(policy, () => ({ policy }), seconds);
     },
-    observeAuth(authenticator: string, seconds: number): void {
+    observeAuth(authenticator: string, seconds: number, result: string, code: string): void {
       m.authDuration.observe(authenticator, () => ({ authenticator }), seconds);
+      m.authResults.inc(`${authenticator}\u0000${result}\u0000${code}`, () => ({ authenticator, result, code }));
     },
     observeUpstream(seconds: number): void {
       m.upstreamDuration.observe('', NO_LABELS, seconds);

@@ -3,10 +3,10 @@
 import type { AuthCode } from '../errors.ts';
 import { ERRORS } from '../errors.ts';
 import type { CompiledConfig } from '../config/compile.ts';
-import type { Authenticator, AuthRequest } from '../authenticators/types.ts';
+import type { AuthRequest } from '../authenticators/types.ts';
 import type { RequestContext } from './context.ts';
 import { inList, matchPolicy, type CompiledPolicy } from './match.ts';
-import { evaluate, isPromise, type MaybePromise, type TraceEntry, type TreeResult } from './requirements.ts';
+import { evaluate, isPromise, type MaybePromise, type Observe, type TraceEntry, type TreeResult } from './requirements.ts';
 import { mergeIdentity, type Identity } from './identity.ts';
 
 export interface Decision {
@@ -32,7 +32,7 @@ function authorise(p: CompiledPolicy, id: Identity): string | undefined {
 }
 
 export interface DecideOptions {
-  timed?: (auth: Authenticator, seconds: number) => void;
+  timed?: Observe;
   /** The policy, when the caller matched it already (to buffer a body first). */
   policy?: CompiledPolicy;
   body?: Buffer;

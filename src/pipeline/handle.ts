@@ -14,6 +14,7 @@ import { decide, policyFor, type Decision } from './decide.ts';
 import { headerObject, headerSafe, upstreamRequest, type UpstreamRequest } from './headers.ts';
 import { upstreamReason, type Forwarded, type Upstream, type UpstreamFailure } from './upstream.ts';
 import { isPromise, type MaybePromise } from './requirements.ts';
+import type { Verdict } from '../authenticators/types.ts';
 import { Lockout } from './lockout.ts';
 import type { RedisConnection } from '../store/redis.ts';
 
@@ -143,7 +144,7 @@ export function createHandler(deps: HandlerDeps) {
     });
   }
 
-  const timed = (auth: { name: string }, s: number) => metrics.observeAuth(auth.name, s);
+  const timed = (auth: { name: string }, s: number, v: Verdict) => metrics.observeAuth(auth.name, s, v.kind, v.kind === 'allow' ? '' : v.code);
 
   interface Admitted { ctx: RequestContext; d: Decision; body?: Buffer; up: UpstreamRequest }
   /** What admission learnt about a request, for its access log line. */

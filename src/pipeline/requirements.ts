@@ -58,6 +58,9 @@ export const isPromise = <T>(v: MaybePromise<T>): v is Promise<T> => typeof (v a
 
 const ALLOW_NONE: TreeResult = Object.freeze({ kind: 'allow', allowed: Object.freeze([]) as readonly Allowed[] });
 
+/** Told of each authenticator's verdict and the seconds it took (metrics). */
+export type Observe = (auth: Authenticator, seconds: number, verdict: Verdict) => void;
+
 /**
  * Evaluate a requirement tree. Synchronous while every authenticator on the way
  * answers synchronously (mTLS, API keys, a cached JWT); a Promise from the first
@@ -67,7 +70,7 @@ export function evaluate(
   n: ReqNode,
   req: AuthRequest,
   trace: TraceEntry[],
-  timed: (auth: Authenticator, seconds: number) => void,
+  timed: Observe,
 ): MaybePromise<TreeResult> {
   switch (n.kind) {
     case 'none':
@@ -84,9 +87,9 @@ export function evaluate(
   }
 }
 
-function settle(auth: Authenticator, v: Verdict, t0: number, trace: TraceEntry[], timed: (auth: Authenticator, seconds: number) => void): TreeResult {
+function settle(auth: Authenticator, v: Verdict, t0: number, trace: TraceEntry[], timed: Observe): TreeResult {
   const ms = performance.now() - t0;
-  timed(auth, ms / 1000);
+  timed(auth, ms / 1000, v);
   trace.push({ authenticator: auth.name, type: auth.type, verdict: v.kind, code: v.kind === 'allow' ? undefined : v.code, reason: v.reason, ms });
   return v.kind === 'allow' ? { kind: 'allow', allowed: [{ auth, identity: v.identity }] } : v;
 }
@@ -94,7 +97,7 @@ function settle(auth: Authenticator, v: Verdict, t0: number, trace: TraceEntry[]
 type Refusal = Exclude<TreeResult, { kind: 'allow' }>;
 
 /** any: the first child that allows; else the first denial (a credential that was present and failed says more than one that was absent), else the first skip. */
-function anyFrom(children: readonly ReqNode[], i: number, req: AuthRequest, trace: TraceEntry[], timed: (auth: Authenticator, seconds: number) => void, best: Refusal | undefined): MaybePromise<TreeResult> {
+function anyFrom(children: readonly ReqNode[], i: number, req: AuthRequest, trace: TraceEntry[], timed: Observe, best: Refusal | undefined): MaybePromise<TreeResult> {
   for (; i < children.length; i++) {
     const r = evaluate(children[i]!, req, trace, timed);
     if (isPromise(r)) {
@@ -110,7 +113,7 @@ function anyFrom(children: readonly ReqNode[], i: number, req: AuthRequest, trac
 const better = (best: Refusal | undefined, r: Refusal): Refusal => (!best || (best.kind === 'skip' && r.kind === 'deny') ? r : best);
 
 /** all: every child must allow; the first refusal ends it. */
-function allFrom(children: readonly ReqNode[], i: number, req: AuthRequest, trace: TraceEntry[], timed: (auth: Authenticator, seconds: number) => void, allowed: Allowed[]): MaybePromise<TreeResult> {
+function allFrom(children: readonly ReqNode[], i: number, req: AuthRequest, trace: TraceEntry[], timed: Observe, allowed: Allowed[]): MaybePromise<TreeResult> {
   for (; i < children.length; i++) {
     const r = evaluate(children[i]!, req, trace, timed);
     if (isPromise(r)) {

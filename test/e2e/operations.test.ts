@@ -47,6 +47,8 @@ t.test('/metrics: Prometheus text with counters that move, bounded labels', asyn
   t.equal(value(after.samples, 'portcullis_client_cert_verifications_total', { result: 'expired' }), 1);
   t.equal(value(after.samples, 'portcullis_auth_duration_seconds_count', { authenticator: 'cert' }), 3);
   t.ok((value(after.samples, 'portcullis_auth_duration_seconds_bucket', { authenticator: 'cert', le: '0.001' }) ?? 0) >= 1, 'sub-millisecond buckets');
+  t.equal(value(after.samples, 'portcullis_auth_results_total', { authenticator: 'cert', result: 'allow', code: '' }), 2, 'each authenticator\'s verdicts, by result');
+  t.equal(value(after.samples, 'portcullis_auth_results_total', { authenticator: 'cert', result: 'deny', code: 'AUTH_002' }), 1, 'and by code');
   t.equal(value(after.samples, 'portcullis_upstream_duration_seconds_count'), 2);
   // Histogram shape: cumulative buckets, +Inf equal to _count, a _sum.
   const buckets = after.samples.filter((s) => s.name === 'portcullis_request_duration_seconds_bucket' && s.labels.policy === 'api');

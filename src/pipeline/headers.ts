@@ -55,7 +55,15 @@ function buildXfcc(cert: PeerCert): string {
  * credential headers of the policy's authenticators. One set per policy, built on
  * first use (policies and their authenticators are fixed for a config's lifetime).
  */
-const NOT_FORWARDED = ['transfer-encoding', 'expect', 'host', 'x-forwarded-for', 'x-forwarded-proto', 'x-forwarded-host', 'x-request-id'];
+const NOT_FORWARDED = [
+  'transfer-encoding', 'expect', 'host', 'x-request-id',
+  // RFC 7239 Forwarded: a client's for=/proto=/host= would contradict the X-Forwarded-* set here.
+  'forwarded',
+  // A path or method the application would take instead of the request line's (IIS, Symfony,
+  // Laravel, Express method-override): policy is judged on the request line, so the upstream
+  // must act on it, not on a header the client chose (attack catalogue, "one canonical view").
+  'x-original-url', 'x-rewrite-url', 'x-http-method-override', 'x-http-method', 'x-method-override',
+];
 const dropSets = new WeakMap<object, ReadonlySet<string>>();
 function dropSet(cfg: CompiledConfig, policy: { readonly authenticators: readonly Authenticator[] } | undefined): ReadonlySet<string> {
   const key = policy ?? cfg.identity;
@@ -143,7 +151,9 @@ export function upstreamRequest(
     if (v === undefined) continue;
     const f = foldHeader(name);
     // `upgrade` is hop-by-hop, but a WebSocket handshake forwards it.
-    if ((drop.has(f) || nominated?.includes(f)) && !(upgrade && f === 'upgrade')) continue;
+    // Every X-Forwarded-* (Prefix, Port, Server, Uri… as well as For, Proto, Host): only
+    // Portcullis's own reach the upstream.
+    if ((drop.has(f) || nominated?.includes(f) || f.startsWith('x-forwarded-')) && !(upgrade && f === 'upgrade')) continue;
     if (typeof v === 'string') out.push(name, v);
     else for (const one of v) out.push(name, one);
   }

@@ -134,15 +134,23 @@ t.test('spoofed identity headers never reach the upstream, in any spelling', asy
     'X-Auth-Key-ID: k', 'X-Auth-Scopes: admin', 'X-Auth-Email: a@b', 'X-Forwarded-Client-Cert: Hash=00;Subject="CN=admin"',
     'Client-Cert: :AAAA:', 'X-Forwarded-For: 10.1.1.1', 'X-Forwarded-Host: evil', 'X-Forwarded-Proto: http', 'X-Real-IP: 10.0.0.1',
     'X-Request-ID: attacker-chosen-id',
+    // RFC 7239, the other X-Forwarded-* names, and headers some frameworks take as the real path or method.
+    'Forwarded: for=10.1.1.1;proto=http;host=evil', 'X-Forwarded-Prefix: /admin', 'X-Forwarded-Port: 80', 'X_Forwarded_Server: evil',
+    'X-Original-URL: /admin/delete', 'X-Rewrite-URL: /admin/delete', 'X-HTTP-Method-Override: DELETE', 'X-HTTP-Method: DELETE', 'X-Method-Override: DELETE',
+    'X-Kept-Header: yes',
   ];
   const raw = await rawTls(h, fx, `GET /public/spoof HTTP/1.1\r\nHost: a.test\r\n${spoof.join('\r\n')}\r\nConnection: close\r\n\r\n`);
   t.match(raw, /^HTTP\/1\.1 200/);
   const up = h.seen.at(-1)!;
   t.equal(up.url, '/public/spoof');
   const names = up.rawHeaders.filter((_, i) => i % 2 === 0).map((n) => n.toLowerCase());
-  for (const n of ['x-auth-user-id', 'x_auth_user_id', 'x-auth-method', 'x-auth-key-id', 'x-auth-scopes', 'x-auth-email', 'x-forwarded-client-cert', 'client-cert', 'x-real-ip']) {
+  for (const n of ['x-auth-user-id', 'x_auth_user_id', 'x-auth-method', 'x-auth-key-id', 'x-auth-scopes', 'x-auth-email', 'x-forwarded-client-cert', 'client-cert', 'x-real-ip',
+    'forwarded', 'x-forwarded-prefix', 'x-forwarded-port', 'x_forwarded_server', 'x-original-url', 'x-rewrite-url', 'x-http-method-override', 'x-http-method', 'x-method-override']) {
     t.notOk(names.includes(n), `${n} stripped`);
   }
+  t.equal(up.headers['x-kept-header'], 'yes', 'other headers are forwarded');
+  t.equal(up.method, 'GET', 'the upstream is told the method the policy judged, and nothing else');
+  t.same(names.filter((n) => n.startsWith('x-forwarded-')).sort(), ['x-forwarded-for', 'x-forwarded-host', 'x-forwarded-proto'], 'only Portcullis\'s X-Forwarded-* headers');
   t.equal(up.headers['x-forwarded-for'], '127.0.0.1', 'XFF from an untrusted peer replaced');
   t.equal(up.headers['x-forwarded-host'], 'a.test');
   t.equal(up.headers['x-forwarded-proto'], 'https');

@@ -131,7 +131,9 @@ export class RedisConnection {
     if (this.#channels.has(name)) { this.#channels.set(name, onMessage); return; }
     this.#channels.set(name, onMessage);
     this.#subscriber ??= this.connect().then((c) => {
-      const sub = c.duplicate();
+      // A SUBSCRIBE sent while Redis is unreachable waits for it (the main connection's
+      // commands give up at once instead): ioredis re-subscribes only to channels it had.
+      const sub = c.duplicate({ maxRetriesPerRequest: null });
       sub.on('error', () => { /* the main connection reports outages */ });
       sub.on('message', (ch: string, message: string) => this.#channels.get(ch)?.(message));
       if (this.#closed) sub.disconnect();

@@ -322,5 +322,20 @@ store: { type: redis, url: "redis://:\${env:PORTCULLIS_TEST_REDIS_PASSWORD}@127.
   for (let i = 0; i < 3; i++) t.same(code(await as(a, ip2, wrong(i))), [401, 'AUTH_004']);
   await settle('counted locally without Redis', async () => code(await as(a, ip2, KEY))[0] === 429);
   t.equal((await as(b, ip2, KEY)).status, 200, 'only at the replica that saw the failures');
+
+  // A replica started while Redis is down subscribes once it is back; A re-subscribes.
+  const d = await startHarness(fx, yaml);
+  t.teardown(() => d.close());
   redis = await startRedis(redisPort);
+  await settle('all four replicas subscribed again', async () => {
+    const r = await direct.pubsub('NUMSUB', 'pc-lock:lockout').catch(() => []) as [string, number];
+    return Number(r[1]) === 4;
+  });
+  const ip3 = '203.0.113.70';
+  await settle('Redis counts again', async () => {
+    await as(a, ip3, wrong(7));
+    return (await direct.pttl(`pc-lock:lockout:lock:${ip3}`).catch(() => -2)) > 0;
+  });
+  await settle('the lock reaches the replica that started without Redis', async () => code(await as(d, ip3, KEY))[0] === 429);
+  t.pass('published to a replica that subscribed after Redis came back');
 });

@@ -10,6 +10,8 @@ export function mtlsServerOptions(cert: string, key: string, ca: string) {
   return { cert: readFileSync(cert), key: readFileSync(key), ca: readFileSync(ca), requestCert: true, rejectUnauthorized: true };
 }
 
+/** The bench's API key (pc-apikey.yaml holds its hash). */
+export const API_KEY = 'kapi_prod_BenchBenchBenchBenchBenchBench12';
 export const PORTS = { upstream: 18080, proxy: 18443, admin: 19901, redis: 16379 } as const;
 
 /** The signed route's shared secret and its 1 KiB JSON body. */

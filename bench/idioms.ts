@@ -6,7 +6,7 @@
 // ninth round). The server runs with Portcullis' --max-semi-space-size=16 and (except in the
 // empty idiom, which switches it) its optimizeEmptyRequests. Needs the PKI,
 // configs and wrk shim `npm run bench` leaves in bench/.work.
-//   npm run bench:idioms -- --idiom end|close|body|defer|rtt|raw|rawproxy|proxy|portcullis|empty|sni|suites|revision [--seconds 40] [--handshake] [--jwt] [--hmac] [--base REV]
+//   npm run bench:idioms -- --idiom end|close|body|defer|rtt|raw|rawproxy|proxy|portcullis|empty|sni|suites|revision [--seconds 40] [--handshake] [--jwt] [--apikey] [--hmac] [--base REV]
 //   end:   res.write(last) + res.end()            against res.end(last)
 //   close: res.once('close', closure)             against res.on('close', shared function)
 //   body:  a 1 KiB body read into a Promise chain against the same listeners with a callback
@@ -29,7 +29,8 @@
 //          upstream on Portcullis' HTTP/1.1 client (the bare proxy of http1-floor.ts)
 //   portcullis: the bare proxy above            against Portcullis' request handler (policy,
 //          authentication, identity headers, metrics) over the same client and upstream, with
-//          bench/.work/pc-mtls.yaml, or pc-jwt.yaml and the bench token sent by wrk (--jwt)
+//          bench/.work/pc-mtls.yaml, or pc-jwt.yaml and the bench token sent by wrk (--jwt), or
+//          pc-apikey.yaml and the bench API key (--apikey)
 //   empty: Portcullis' request handler as above, with the server's optimizeEmptyRequests off
 //          against on (Node 24.12+: a request without Content-Length or Transfer-Encoding is
 //          handed over already ended, with no stream events)
@@ -56,7 +57,7 @@ import { join, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { STATUS_CODES, type IncomingMessage, type ServerResponse } from 'node:http';
-import { PORTS, median, mtlsServerOptions, shimCounts, stop, waitPort, writeHmacScript } from './common.ts';
+import { API_KEY, PORTS, median, mtlsServerOptions, shimCounts, stop, waitPort, writeHmacScript } from './common.ts';
 import type { SecureContext, TLSSocket } from 'node:tls';
 import { HOP, bareForwarder, barePool } from './bare-forward.ts';
 import type { Http1Pool } from '../src/pipeline/http1.ts';
@@ -67,16 +68,16 @@ const HERE = dirname(fileURLToPath(import.meta.url));
 const W = join(HERE, '.work');
 const IDIOMS = ['end', 'close', 'body', 'defer', 'rtt', 'raw', 'rawproxy', 'proxy', 'portcullis', 'empty', 'sni', 'suites', 'revision'] as const;
 type Idiom = (typeof IDIOMS)[number];
-const { values: opt } = parseArgs({ options: { idiom: { type: 'string', default: 'end' }, seconds: { type: 'string', default: '40' }, serve: { type: 'boolean', default: false }, handshake: { type: 'boolean', default: false }, jwt: { type: 'boolean', default: false }, hmac: { type: 'boolean', default: false }, base: { type: 'string', default: 'HEAD' }, 'base-dir': { type: 'string' } } });
+const { values: opt } = parseArgs({ options: { idiom: { type: 'string', default: 'end' }, seconds: { type: 'string', default: '40' }, serve: { type: 'boolean', default: false }, handshake: { type: 'boolean', default: false }, jwt: { type: 'boolean', default: false }, apikey: { type: 'boolean', default: false }, hmac: { type: 'boolean', default: false }, base: { type: 'string', default: 'HEAD' }, 'base-dir': { type: 'string' } } });
 const idiom = opt.idiom as Idiom;
 /** The idioms whose server answers each request itself: no upstream, no Portcullis handler. */
 const ANSWERS_ITSELF: readonly Idiom[] = ['end', 'close', 'body', 'defer', 'raw'];
 /** The idioms that run Portcullis' request handler (the rest answer themselves or forward bare). */
 const RUNS_PORTCULLIS: readonly Idiom[] = ['portcullis', 'empty', 'sni', 'suites', 'revision'];
 if (!IDIOMS.includes(idiom)) throw new Error(`--idiom must be one of ${IDIOMS.join(', ')}`);
-if (opt.jwt && opt.hmac) throw new Error('--jwt and --hmac are two different routes: pick one');
+if ([opt.jwt, opt.apikey, opt.hmac].filter(Boolean).length > 1) throw new Error('--jwt, --apikey and --hmac are different routes: pick one');
 if (opt.hmac && !['portcullis', 'empty', 'revision'].includes(idiom)) throw new Error('--hmac goes with --idiom portcullis, empty or revision');
-const PC_CONFIG = join(W, opt.jwt ? 'pc-jwt.yaml' : opt.hmac ? 'pc-hmac.yaml' : 'pc-mtls.yaml');
+const PC_CONFIG = join(W, opt.jwt ? 'pc-jwt.yaml' : opt.apikey ? 'pc-apikey.yaml' : opt.hmac ? 'pc-hmac.yaml' : 'pc-mtls.yaml');
 
 type Handler = (req: IncomingMessage, res: ServerResponse) => void;
 const kEx = Symbol('exchange');
@@ -363,7 +364,7 @@ if (opt.serve) {
     baseDir = ['--base-dir', dir];
     process.stdout.write(`revision: mode 0 is ${opt.base} (${commit.slice(0, 12)}), mode 1 the working tree\n`);
   }
-  const server = spawn('taskset', ['-c', '1', process.execPath, '--max-semi-space-size=16', fileURLToPath(import.meta.url), '--serve', '--idiom', idiom, ...baseDir, ...(opt.handshake ? ['--handshake'] : []), ...(opt.jwt ? ['--jwt'] : []), ...(opt.hmac ? ['--hmac'] : [])], { stdio: ['ignore', 'pipe', 'inherit'] });
+  const server = spawn('taskset', ['-c', '1', process.execPath, '--max-semi-space-size=16', fileURLToPath(import.meta.url), '--serve', '--idiom', idiom, ...baseDir, ...(opt.handshake ? ['--handshake'] : []), ...(opt.jwt ? ['--jwt'] : []), ...(opt.apikey ? ['--apikey'] : []), ...(opt.hmac ? ['--hmac'] : [])], { stdio: ['ignore', 'pipe', 'inherit'] });
   let out = '';
   server.stdout!.on('data', (d) => { out += String(d); });
   await waitPort(PORTS.proxy);
@@ -371,6 +372,7 @@ if (opt.serve) {
   const body = idiom === 'body' || opt.hmac ? ['-s', writeHmacScript(join(W, 'idioms-hmac.lua'), '/bench', String(Math.floor(Date.now() / 1000)))] : [];
   const headers = opt.handshake ? ['-H', 'Connection: close'] : [];
   if (opt.jwt) headers.push('-H', `Authorization: Bearer ${readFileSync(join(W, 'token.txt'), 'utf8').trim()}`);
+  if (opt.apikey) headers.push('-H', `X-API-Key: ${API_KEY}`);
   const wrk = spawn('taskset', ['-c', '0', 'wrk', '-t1', '-c50', `-d${opt.seconds}s`, ...body, ...headers, `https://127.0.0.1:${PORTS.proxy}${opt.hmac ? '/bench' : '/'}`], {
     stdio: ['ignore', 'pipe', 'pipe'],
     env: { ...process.env, LD_PRELOAD: join(W, 'wrk-mtls-shim.so'), WRK_CLIENT_CERT: join(W, 'client.crt'), WRK_CLIENT_KEY: join(W, 'client.key'), ...(opt.handshake ? { WRK_NO_RESUME: '1' } : {}) },

@@ -19,7 +19,7 @@ import { buildContext } from '../src/pipeline/context.ts';
 import { decide, policyFor, type Decision } from '../src/pipeline/decide.ts';
 import { upstreamRequest } from '../src/pipeline/headers.ts';
 import { isPromise } from '../src/pipeline/requirements.ts';
-import { HMAC_AUTHENTICATOR, HMAC_BODY, hmacSignature, median, policyYaml, portcullisYaml } from './common.ts';
+import { API_KEY, HMAC_AUTHENTICATOR, HMAC_BODY, hmacSignature, median, policyYaml, portcullisYaml } from './common.ts';
 
 const { values: opt } = parseArgs({ options: { rounds: { type: 'string', default: '7' }, iterations: { type: 'string', default: '100000' } } });
 const ROUNDS = Number(opt.rounds), N = Number(opt.iterations);
@@ -34,7 +34,6 @@ const b64u = (o: unknown) => Buffer.from(JSON.stringify(o)).toString('base64url'
 const now = Math.floor(Date.now() / 1000);
 const jwtInput = `${b64u({ alg: 'RS256', typ: 'JWT', kid: 'bench' })}.${b64u({ sub: 'bench-user', iss: 'https://bench.test', aud: 'bench', scope: 'read', iat: now, exp: now + 86400 })}`;
 const JWT = `${jwtInput}.${sign('sha256', Buffer.from(jwtInput), privateKey).toString('base64url')}`;
-const API_KEY = 'kapi_prod_BenchBenchBenchBenchBenchBench12';
 const BODY = Buffer.from(HMAC_BODY);
 const TS = String(now);
 const SIG = hmacSignature('/hmac/bench', TS);

@@ -9,7 +9,7 @@ import { fileURLToPath } from 'node:url';
 import { createHash, createPrivateKey, sign } from 'node:crypto';
 import { parseArgs } from 'node:util';
 import { cpus } from 'node:os';
-import { HMAC_AUTHENTICATOR, PORTS, cpuTicks, median, policyYaml, portcullisYaml, shimCounts, stop, waitPort, writeHmacScript } from './common.ts';
+import { API_KEY, HMAC_AUTHENTICATOR, PORTS, cpuTicks, median, policyYaml, portcullisYaml, shimCounts, stop, waitPort, writeHmacScript } from './common.ts';
 
 const HERE = dirname(fileURLToPath(import.meta.url));
 const ROOT = join(HERE, '..');
@@ -51,7 +51,6 @@ const now = Math.floor(Date.now() / 1000);
 const jwtInput = `${b64u({ alg: 'RS256', typ: 'JWT', kid: 'bench' })}.${b64u({ sub: 'bench-user', iss: 'https://bench.test', aud: 'bench', scope: 'read', iat: now, exp: now + 86400 })}`;
 const JWT = `${jwtInput}.${sign('sha256', Buffer.from(jwtInput), createPrivateKey(readFileSync(join(W, 'jwt.key')))).toString('base64url')}`;
 writeFileSync(join(W, 'token.txt'), JWT);
-const API_KEY = 'kapi_prod_BenchBenchBenchBenchBenchBench12';
 const TS = String(now);
 const hmacScript = (file: string, path: string) => writeHmacScript(join(W, file), path, TS);
 hmacScript('hmac.lua', '/bench');

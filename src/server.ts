@@ -43,7 +43,7 @@ export class PortcullisServer {
   readonly #refused = new WeakSet<Socket>();
   readonly #upgraded = new Set<Duplex>();
   #inFlight: () => number = () => 0;
-  #shareLockout: (conn: RedisConnection | undefined) => void = () => {};
+  #shareStore: (o: { lockout?: RedisConnection; rateLimits?: RedisConnection }) => void = () => {};
   #accepting = true;
   #ready = false;
   readonly #opts: ServerOptions;
@@ -153,7 +153,7 @@ export class PortcullisServer {
       accepting: () => this.#accepting,
     });
     this.#inFlight = handler.inFlight;
-    this.#shareLockout = handler.shareLockout;
+    this.#shareStore = handler.shareStore;
     this.#https.on('request', handler.onRequest);
     // With this listener Node no longer answers `Expect: 100-continue` itself: the request is
     // judged on its head before the client is asked for the body (attack catalogue SMUG-10).
@@ -240,7 +240,8 @@ export class PortcullisServer {
     const s = cfg.store.type === 'redis' ? cfg.store : undefined;
     cfg.runtime.retainStore(s, cfg.server.timeouts.shutdownMs);
     if (s) void cfg.runtime.redis(s).connect();
-    this.#shareLockout(s && cfg.lockout ? cfg.runtime.redis(s) : undefined);
+    const conn = s && cfg.runtime.redis(s);
+    this.#shareStore({ lockout: cfg.lockout && conn, rateLimits: cfg.policies.some((p) => p.rateLimit) ? conn : undefined });
   }
 
   async #adminRequest(req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {

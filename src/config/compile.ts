@@ -78,6 +78,10 @@ export function compile(raw: RawConfig, opts: CompileOptions): CompiledConfig {
     issues.push({ path: ['server', 'maxUriBytes'], message: `must be less than server.maxHeaderBytes (${raw.server.maxHeaderBytes}), which the request line counts towards` });
   }
   if (raw.server.workers !== 1 && raw.store.type === 'memory') {
+    // A limit counted per worker would let each caller through once per worker.
+    raw.policies.forEach((p, i) => {
+      if (p.rateLimit) issues.push({ path: ['policies', i, 'rateLimit'], message: 'rate limits need state shared between workers: with server.workers other than 1, use store: { type: redis, url: ... } (or workers: 1)' });
+    });
     // Nonces must be shared by every worker, or a replay to another worker succeeds.
     for (const [name, a] of Object.entries(raw.authenticators)) {
       if ((a as { type: string }).type === 'hmac') issues.push({ path: ['authenticators', name, 'type'], message: 'hmac nonces need state shared between workers: with server.workers other than 1, use store: { type: redis, url: ... } (or workers: 1)' });

@@ -42,6 +42,6 @@ export const DEFAULTS = {
     clientCertFormat: 'xfcc' as const,
     debugHeaders: false,
   },
-  policy: { mode: 'enforce' as const },
+  policy: { mode: 'enforce' as const, rateLimitBy: 'identity' as const },
   logging: { level: 'info' as const, access: true },
 } as const;

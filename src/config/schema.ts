@@ -78,6 +78,13 @@ const policy = z.strictObject({
   allowIps: z.array(cidr).optional(),
   denyIps: z.array(cidr).optional(),
   mode: z.enum(['enforce', 'report-only']).default(D.policy.mode),
+  /** Each caller may make `requests` requests per `perSec` seconds (a token bucket); more get 429 AUTH_007. */
+  rateLimit: z.strictObject({
+    requests: z.number().int().min(1).max(1_000_000_000),
+    perSec: z.number().int().min(1).max(86_400),
+    /** ip: the client IP, before authentication; identity: the API key or HMAC client id, else the subject, else the IP. */
+    by: z.enum(['ip', 'identity']).default(D.policy.rateLimitBy),
+  }).optional(),
   deny: z.strictObject({ expiredStatus: z.union([z.literal(401), z.literal(403)]).default(401) }).optional(),
 });
 

@@ -18,7 +18,7 @@ export interface Decision {
   readonly reason: string;
   readonly identity?: Identity;
   readonly trace: readonly TraceEntry[];
-  /** A 429 from the failure lockout: seconds until the client may try again. */
+  /** A 429 (failure lockout, rate limit): seconds until the client may try again. */
   readonly retryAfterSec?: number;
 }
 

@@ -16,6 +16,7 @@ import { upstreamReason, type Forwarded, type Upstream, type UpstreamFailure } f
 import { isPromise, type MaybePromise } from './requirements.ts';
 import type { Verdict } from '../authenticators/types.ts';
 import { Lockout } from './lockout.ts';
+import { RateLimiter } from './ratelimit.ts';
 import type { RedisConnection } from '../store/redis.ts';
 
 export interface HandlerDeps {
@@ -96,6 +97,15 @@ export function createHandler(deps: HandlerDeps) {
   const { logger, metrics } = deps;
   /** Failure counts and locks by client IP: one per process, kept across reloads. */
   const lockout = new Lockout();
+  /** Policies' rate-limit buckets: one per process, kept across reloads. */
+  const limiter = new RateLimiter();
+  let fallbackLoggedAt = -Infinity;
+  const rateLimitFallback = () => {
+    const now = performance.now();
+    if (now - fallbackLoggedAt < 60_000) return;
+    fallbackLoggedAt = now;
+    logger.warn({ msg: 'rate-limit store (redis) not answering: limits are counted in this process until it does' });
+  };
 
   function errorHeaders(code: ErrorCode, id: string, d?: Decision): Record<string, string> {
     const h: Record<string, string> = { 'content-type': 'application/json', 'cache-control': 'no-store', 'x-request-id': id };
@@ -193,6 +203,34 @@ export function createHandler(deps: HandlerDeps) {
         return undefined;
       }
     }
+    const rl = policy?.rateLimit;
+    if (rl?.by === 'ip') {
+      // By client IP: before the body is read or any authenticator runs.
+      const ms = limiter.take(policy!.name, `ip:${ctx.clientIp}`, deps.now(), rl);
+      if (isPromise(ms)) return ms.then((w) => (overLimit(ex, ctx, policy!, w, ctx.clientIp, refuse) ? undefined : authenticate(req, cfg, ex, ctx, policy, refuse)));
+      if (overLimit(ex, ctx, policy!, ms, ctx.clientIp, refuse)) return undefined;
+    }
+    return authenticate(req, cfg, ex, ctx, policy, refuse);
+  }
+
+  /**
+   * A caller over its policy's rate limit (`waitMs` > 0): refused with 429 AUTH_007 and
+   * Retry-After (true), or, under report-only, logged as a would-be denial and let through.
+   */
+  function overLimit(ex: Outcome, ctx: RequestContext, policy: NonNullable<Decision['policy']>, waitMs: number, caller: string, refuse: Refuse): boolean {
+    if (waitMs <= 0) return false;
+    const rl = policy.rateLimit!;
+    const d: Decision = { policy, outcome: policy.reportOnly ? 'would_deny' : 'deny', code: 'AUTH_007', status: 429, reason: `rate limit: ${caller} made more than ${rl.requests} requests in ${rl.perMs / 1000} s`, trace: [], retryAfterSec: Math.ceil(waitMs / 1000) };
+    audit(ctx, d);
+    if (policy.reportOnly) return false;
+    ex.d = d;
+    ex.code = 'AUTH_007';
+    refuse('AUTH_007', ctx.id, d);
+    return true;
+  }
+
+  /** The body, if the policy's authenticators read it, then the decision. */
+  function authenticate(req: IncomingMessage, cfg: CompiledConfig, ex: Outcome, ctx: RequestContext, policy: Decision['policy'], refuse: Refuse): MaybePromise<Admitted | undefined> {
     if (policy?.needsBody && req.headers.upgrade === undefined) {
       return readBody(req, cfg.server.maxBodyBytes, ex).then((b) => {
         if (b === 'too-large' || b === 'aborted') {
@@ -225,7 +263,7 @@ export function createHandler(deps: HandlerDeps) {
     return isPromise(d) ? d.then((x) => conclude(req, cfg, ex, ctx, x, body, refuse), failed) : conclude(req, cfg, ex, ctx, d, body, refuse);
   }
 
-  function conclude(req: IncomingMessage, cfg: CompiledConfig, ex: Outcome, ctx: RequestContext, d: Decision, body: Buffer | undefined, refuse: Refuse): Admitted | undefined {
+  function conclude(req: IncomingMessage, cfg: CompiledConfig, ex: Outcome, ctx: RequestContext, d: Decision, body: Buffer | undefined, refuse: Refuse): MaybePromise<Admitted | undefined> {
     ex.d = d;
     ex.code = d.code;
     if (req.socket.destroyed) {
@@ -252,6 +290,18 @@ export function createHandler(deps: HandlerDeps) {
       return undefined;
     }
     // Allowed (or report-only): strip what the client may not set, set what we vouch for.
+    const rl = d.policy?.rateLimit;
+    if (rl?.by === 'identity' && d.outcome === 'allow') {
+      // By identity: the API key or HMAC client, else the subject, else the client IP.
+      const caller = d.identity?.keyId !== undefined ? `key ${d.identity.keyId}` : d.identity?.subject !== undefined ? `subject ${d.identity.subject}` : `ip ${ctx.clientIp}`;
+      const ms = limiter.take(d.policy!.name, caller, deps.now(), rl);
+      if (isPromise(ms)) return ms.then((w) => (overLimit(ex, ctx, d.policy!, w, caller, refuse) ? undefined : admitted(req, cfg, ctx, d, body)));
+      if (overLimit(ex, ctx, d.policy!, ms, caller, refuse)) return undefined;
+    }
+    return admitted(req, cfg, ctx, d, body);
+  }
+
+  function admitted(req: IncomingMessage, cfg: CompiledConfig, ctx: RequestContext, d: Decision, body: Buffer | undefined): Admitted {
     return { ctx, d, body, up: upstreamRequest(req.headers, ctx, d, cfg, req.headers.upgrade !== undefined) };
   }
 
@@ -424,10 +474,13 @@ export function createHandler(deps: HandlerDeps) {
     logAccess(deps.config(), undefined, id, 'CONNECT', undefined, 'BAD_REQUEST', 400, t0);
   }
 
-  /** The config's shared store, for lockout counts (undefined: this process only). */
-  const shareLockout = (conn: RedisConnection | undefined) => lockout.share(conn, deps.now);
+  /** The config's shared store for lockout counts and rate limits (undefined: this process only). */
+  const shareStore = (o: { lockout?: RedisConnection; rateLimits?: RedisConnection }) => {
+    lockout.share(o.lockout, deps.now);
+    limiter.share(o.rateLimits, rateLimitFallback);
+  };
 
-  return { onRequest, onUpgrade, onConnect, sendError, shareLockout, inFlight: () => inFlight };
+  return { onRequest, onUpgrade, onConnect, sendError, shareStore, inFlight: () => inFlight };
 }
 
 function statusText(status: number): string {

@@ -8,6 +8,7 @@ export { blockList, inList } from '../util/net.ts';
 import { compileHostPattern, compilePathGlob, compileValuePattern } from '../util/patterns.ts';
 import type { Authenticator } from '../authenticators/types.ts';
 import { authenticatorsOf, compileRequirement, type ReqNode } from './requirements.ts';
+import type { RateLimitSettings } from './ratelimit.ts';
 
 export interface CompiledPolicy {
   readonly name: string;
@@ -26,6 +27,8 @@ export interface CompiledPolicy {
   readonly denyIps?: BlockList;
   readonly reportOnly: boolean;
   readonly expiredStatus: 401 | 403;
+  /** Requests per caller (src/pipeline/ratelimit.ts); undefined when unlimited. */
+  readonly rateLimit?: RateLimitSettings;
   /** For `check` and `explain`: the policy as written. */
   readonly summary: { hosts: string; paths: string; methods: string; authenticate: string; mode: string };
 }
@@ -53,6 +56,7 @@ export function compilePolicies(
       return re;
     });
     const requirement = compileRequirement(p.authenticate, lookup, [...base, 'authenticate'], errors);
+    if (p.rateLimit?.by === 'identity' && p.authenticate === 'none') errors.push({ path: [...base, 'rateLimit', 'by'], message: 'a policy with authenticate: none has no identity to limit: use by: ip' });
     return {
       name: p.name,
       index: i,
@@ -69,6 +73,7 @@ export function compilePolicies(
       denyIps: p.denyIps ? blockList(p.denyIps) : undefined,
       reportOnly: p.mode === 'report-only',
       expiredStatus: p.deny?.expiredStatus ?? 401,
+      rateLimit: p.rateLimit && Object.freeze({ requests: p.rateLimit.requests, perMs: p.rateLimit.perSec * 1000, by: p.rateLimit.by }),
       summary: {
         hosts: p.match.hosts?.join(' ') ?? '*',
         paths: (p.match.paths?.join(' ') ?? '/**') + (p.match.caseInsensitive && p.match.paths ? ' (any case)' : ''),

@@ -339,3 +339,42 @@ store: { type: redis, url: "redis://:\${env:PORTCULLIS_TEST_REDIS_PASSWORD}@127.
   await settle('the lock reaches the replica that started without Redis', async () => code(await as(d, ip3, KEY))[0] === 429);
   t.pass('published to a replica that subscribed after Redis came back');
 });
+
+// Rate limits shared by replicas: one bucket per caller in Redis, timed by Redis' clock;
+// without Redis each replica counts on its own.
+t.test('rateLimit with store: redis: one budget per caller across replicas', async (t) => {
+  const redisPort = await freePort();
+  let redis = await startRedis(redisPort);
+  t.teardown(() => stopRedis(redis));
+  const KEY = 'kapi_prod_sharedratelimitsharedratelimit1';
+  const yaml = baseConfig(`
+authenticators:
+  keys:
+    type: apiKey
+    keys: [ { id: k1, hash: "sha256:${createHash('sha256').update(KEY).digest('hex')}", subject: svc } ]
+policies:
+  - name: api
+    match: { paths: ["/api/**"] }
+    authenticate: keys
+    rateLimit: { requests: 3, perSec: 3600 }
+store: { type: redis, url: "redis://:\${env:PORTCULLIS_TEST_REDIS_PASSWORD}@127.0.0.1:${redisPort}/0", keyPrefix: "pc-rl:", timeoutMs: 300 }
+`);
+  const a = await startHarness(fx, yaml);
+  const b = await startHarness(fx, yaml);
+  t.teardown(() => Promise.all([a.close(), b.close()]));
+  const get = (h: Harness) => request(h, fx, { path: '/api/x', headers: { 'x-api-key': KEY } });
+  t.same([(await get(a)).status, (await get(b)).status, (await get(a)).status], [200, 200, 200], 'three requests, at either replica');
+  for (const h of [a, b]) {
+    const r = await get(h);
+    t.same([r.status, r.json?.error?.code], [429, 'AUTH_007'], 'the fourth is refused at both');
+    t.equal(r.headers['retry-after'], '1200', 'Retry-After: one request every 1200 s');
+  }
+
+  await stopRedis(redis);
+  const r = await get(a);
+  t.equal(r.status, 200, 'Redis gone: this replica\'s own bucket decides (still full)');
+  t.ok(a.logs.some((l) => l.msg === 'rate-limit store (redis) not answering: limits are counted in this process until it does'), 'and says so');
+  for (let i = 0; i < 2; i++) await get(a);
+  t.equal((await get(a)).status, 429, 'and still limits, per process');
+  redis = await startRedis(redisPort);
+});

@@ -33,7 +33,7 @@ local cap = tonumber(ARGV[1])
 local rate = tonumber(ARGV[2])
 local b = redis.call('HMGET', KEYS[1], 'tokens', 'at')
 local tokens = tonumber(b[1]) or cap
-local at = tonumber(b[2]) or now
+local at = math.min(tonumber(b[2]) or now, now)
 tokens = math.min(cap, tokens + math.max(0, now - at) * rate)
 local wait = 0
 if tokens >= 1 then tokens = tokens - 1 else wait = math.ceil((1 - tokens) / rate) end
@@ -69,8 +69,8 @@ export class RateLimiter {
     const rate = s.requests / s.perMs;
     let b = this.#buckets.get(key);
     if (!b) { b = { tokens: s.requests, at: now }; this.#buckets.set(key, b); }
-    b.tokens = Math.min(s.requests, b.tokens + Math.max(0, now - b.at) * rate);
-    b.at = now;
+    // A clock that steps back refills nothing, and the bucket keeps its later time.
+    if (now > b.at) { b.tokens = Math.min(s.requests, b.tokens + (now - b.at) * rate); b.at = now; }
     if (b.tokens >= 1) { b.tokens -= 1; return 0; }
     return Math.ceil((1 - b.tokens) / rate);
   }

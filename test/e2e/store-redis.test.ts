@@ -210,7 +210,7 @@ t.test('rediss:// with a private CA (store.ca): verified TLS to Redis; without t
   t.match(untrusted.logs.find((l) => l.msg?.startsWith('nonce store unreachable'))!.reason, /certificate/i, 'the reason names the certificate');
 });
 
-t.test('workers: 2 with store: redis — a replay to the other worker is refused', async (t) => {
+t.test('workers: 2 with store: redis — a replay to the other worker is refused; a rate limit is one budget for both', async (t) => {
   const redisPort = await freePort();
   const redis = await startRedis(redisPort);
   t.teardown(() => stopRedis(redis));
@@ -218,7 +218,8 @@ t.test('workers: 2 with store: redis — a replay to the other worker is refused
   t.teardown(() => { up.server.closeAllConnections(); up.server.close(); });
   const [port, admin] = [await freePort(), await freePort()];
   const file = join(mkdtempSync(join(fx.dir, 'redis-workers-')), 'p.yaml');
-  writeFileSync(file, config(redisPort).replace('listen: 127.0.0.1:0', `listen: 127.0.0.1:${port}\n  workers: 2`).replaceAll('{{PKI}}', fx.dir).replace('{{UPSTREAM}}', `http://127.0.0.1:${up.port}`) + `admin:\n  listen: 127.0.0.1:${admin}\n`);
+  const limited = 'policies:\n  - name: limited\n    match: { paths: ["/limited/**"] }\n    authenticate: none\n    rateLimit: { requests: 4, perSec: 3600, by: ip }\n';
+  writeFileSync(file, config(redisPort).replace('policies:\n', limited).replace('listen: 127.0.0.1:0', `listen: 127.0.0.1:${port}\n  workers: 2`).replaceAll('{{PKI}}', fx.dir).replace('{{UPSTREAM}}', `http://127.0.0.1:${up.port}`) + `admin:\n  listen: 127.0.0.1:${admin}\n`);
   const child = spawn(process.execPath, [BIN, 'serve', '--config', file], { stdio: ['ignore', 'pipe', 'inherit'] });
   let out = '';
   child.stdout.on('data', (d) => { out += d; });
@@ -242,6 +243,12 @@ t.test('workers: 2 with store: redis — a replay to the other worker is refused
     return ok && replay && ok.pid !== replay.pid;
   }).filter(Boolean).length;
   t.ok(crossed > 0, `replays refused by the worker that had not accepted the request: ${crossed} of 8`);
+
+  const limitedStatuses: number[] = [];
+  for (let i = 0; i < 6; i++) limitedStatuses.push((await request(h, fx, { path: `/limited/${i}` })).status);
+  t.same(limitedStatuses, [200, 200, 200, 200, 429, 429], 'four requests a client IP, counted across both workers');
+  await until('access lines for the limited policy', () => lines().filter((l) => l.msg === 'access' && l.policy === 'limited').length >= 6);
+  t.equal(new Set(lines().filter((l) => l.msg === 'access' && l.policy === 'limited' && l.status === 200).map((l) => l.pid)).size, 2, 'both workers served some of the four');
   const exited = new Promise((r) => child.once('exit', r));
   child.kill('SIGTERM');
   t.equal(await exited, 0, 'clean shutdown (Redis connections closed)');

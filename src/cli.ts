@@ -66,10 +66,12 @@ export function describeConfig(cfg: CompiledConfig): string {
   const lines: string[] = [];
   lines.push(`config ${cfg.file}: OK`);
   lines.push(`listen ${cfg.server.host}:${cfg.server.port}  admin ${cfg.admin.host}:${cfg.admin.port}  upstream ${cfg.upstream.url.href}`);
-  lines.push(`store  ${cfg.store.type === 'redis' ? `redis ${redactedUrl(cfg.store.url)} (nonces shared by every replica; not contacted by check)` : 'memory (nonces kept in this process)'}`);
+  lines.push(`store  ${cfg.store.type === 'redis' ? `redis ${redactedUrl(cfg.store.url)} (nonces, lockout counts and rate limits shared by every replica; not contacted by check)` : 'memory (nonces, lockout counts and rate limits kept in this process)'}`);
+  const lo = cfg.lockout;
+  lines.push(`lockout ${lo ? `${lo.failures} failed credentials from one client IP within ${lo.windowMs / 1000} s -> 429 for ${lo.lockMs / 1000} s` : 'off'}`);
   lines.push('', 'policies (first match wins; nothing matches -> 403 AUTH_011):');
-  lines.push(table([['#', 'name', 'hosts', 'methods', 'paths', 'authenticate', 'mode'],
-    ...cfg.policies.map((p) => [String(p.index), p.name, p.summary.hosts, p.summary.methods, p.summary.paths, p.summary.authenticate, p.summary.mode])]));
+  lines.push(table([['#', 'name', 'hosts', 'methods', 'paths', 'authenticate', 'mode', 'rate limit'],
+    ...cfg.policies.map((p) => [String(p.index), p.name, p.summary.hosts, p.summary.methods, p.summary.paths, p.summary.authenticate, p.summary.mode, p.summary.rateLimit])]));
   if (cfg.authenticators.size) {
     lines.push('', 'authenticators:');
     lines.push(table([['name', 'type', 'used by'], ...[...cfg.authenticators.values()].map((a) => [a.name, a.type,

@@ -66,7 +66,7 @@ export function formatExplanation(e: Explanation): string {
   }
   const d = e.decision!;
   L.push(`path      ${e.ctx!.path}${e.ctx!.query ? '?' + e.ctx!.query : ''} (normalised)   client-ip ${e.ctx!.clientIp}`);
-  L.push(`policy    ${d.policy ? `${d.policy.name} (#${d.policy.index}, ${d.policy.summary.authenticate}, ${d.policy.summary.mode})` : '(none matches)'}`);
+  L.push(`policy    ${d.policy ? `${d.policy.name} (#${d.policy.index}, ${d.policy.summary.authenticate}, ${d.policy.summary.mode}${d.policy.rateLimit ? `, rate limit ${d.policy.summary.rateLimit}: not counted by explain` : ''})` : '(none matches)'}`);
   for (const t of d.trace) L.push(`  ${t.authenticator.padEnd(16)} ${t.type.padEnd(7)} ${t.verdict.toUpperCase().padEnd(5)} ${t.code ?? ''}${t.code ? ' ' : ''}${t.reason}`);
   if (d.outcome === 'allow') L.push(`result    ALLOW -> ${e.upstreamUrl}`);
   else if (d.outcome === 'would_deny') L.push(`result    WOULD DENY ${d.status} ${d.code} (report-only: forwarded) - ${d.reason}`);

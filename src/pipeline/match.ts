@@ -30,7 +30,7 @@ export interface CompiledPolicy {
   /** Requests per caller (src/pipeline/ratelimit.ts); undefined when unlimited. */
   readonly rateLimit?: RateLimitSettings;
   /** For `check` and `explain`: the policy as written. */
-  readonly summary: { hosts: string; paths: string; methods: string; authenticate: string; mode: string };
+  readonly summary: { hosts: string; paths: string; methods: string; authenticate: string; mode: string; rateLimit: string };
 }
 
 function describe(r: RawPolicy['authenticate']): string {
@@ -80,6 +80,7 @@ export function compilePolicies(
         methods: p.match.methods?.join(' ') ?? '*',
         authenticate: describe(p.authenticate),
         mode: p.mode,
+        rateLimit: p.rateLimit ? `${p.rateLimit.requests}/${p.rateLimit.perSec}s per ${p.rateLimit.by}` : '-',
       },
     };
   });

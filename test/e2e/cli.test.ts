@@ -155,6 +155,7 @@ t.test('check on the shipped example config prints the policy table (after `cert
   t.equal(run(['certs', 'dev', '--out', join(root, '.demo'), '--hosts', 'localhost,api.localhost']).status, 0);
   const r = run(['check', '--config', join(root, 'config/portcullis.example.yaml')]);
   t.equal(r.status, 0, r.stderr);
-  t.match(r.stdout, /2\s+api\s+\*\s+\*\s+\/\*\*\s+any\(spiffe-workloads, client-cert, users-jwt, partner-keys, partner-hmac\)\s+enforce/);
+  t.match(r.stdout, /2\s+api\s+\*\s+\*\s+\/\*\*\s+any\(spiffe-workloads, client-cert, users-jwt, partner-keys, partner-hmac\)\s+enforce\s+600\/60s per identity/);
+  t.match(r.stdout, /^lockout 10 failed credentials from one client IP within 60 s -> 429 for 300 s$/m);
   t.match(r.stdout, /users-jwt\s+jwt\s+api/);
 });

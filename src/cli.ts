@@ -68,6 +68,11 @@ export function describeConfig(cfg: CompiledConfig): string {
   lines.push(`listen ${cfg.server.host}:${cfg.server.port}  admin ${cfg.admin.host}:${cfg.admin.port}  upstream ${cfg.upstream.url.href}`);
   lines.push(`store  ${cfg.store.type === 'redis' ? `redis ${redactedUrl(cfg.store.url)} (nonces, lockout counts and rate limits shared by every replica; not contacted by check)` : 'memory (nonces, lockout counts and rate limits kept in this process)'}`);
   const lo = cfg.lockout;
+  const tk = cfg.tokens;
+  if (tk) {
+    const logins = [...tk.logins].map(([path, es]) => `POST ${path} (${es.map((e) => `${e.policy.summary.authenticate} -> ${e.ttlSec} s`).join('; ')})`).join(', ');
+    lines.push(`tokens ${tk.signing.alg} kid ${tk.signing.kid}, issuer ${tk.issuer}, audience ${tk.audience}; ${logins}; JWKS at GET ${tk.jwksPath}`);
+  }
   lines.push(`lockout ${lo ? `${lo.failures} failed credentials from one client IP within ${lo.windowMs / 1000} s -> 429 for ${lo.lockMs / 1000} s` : 'off'}`);
   lines.push('', 'policies (first match wins; nothing matches -> 403 AUTH_011):');
   lines.push(table([['#', 'name', 'hosts', 'methods', 'paths', 'authenticate', 'mode', 'rate limit'],

@@ -15,6 +15,7 @@ export const ERRORS = {
   AUTH_011: { status: 403, message: 'No policy matches the request' },
   BAD_REQUEST: { status: 400, message: 'Malformed request' },
   BODY_TOO_LARGE: { status: 413, message: 'Request body too large' },
+  METHOD_NOT_ALLOWED: { status: 405, message: 'Method not allowed' },
   MISDIRECTED: { status: 421, message: 'Host does not match the TLS server name' },
   URI_TOO_LONG: { status: 414, message: 'Request URI too long' },
   CONNECTION_STALE: { status: 421, message: 'Client-certificate trust changed since this connection was made: retry on a new connection' },

@@ -33,6 +33,8 @@ const schema = z.strictObject({
   secretEncoding: z.enum(['utf8', 'base64', 'base64url']).default('utf8'),
   jwks: z.union([
     z.strictObject({ file: z.string().min(1) }),
+    /** The key Portcullis signs its own tokens with (top-level `tokens`, SPEC §7). */
+    z.strictObject({ tokens: z.literal(true) }),
     z.strictObject({
       url: z.string().url(),
       timeoutMs: z.number().int().min(100).default(5_000), // 5 s per fetch
@@ -157,7 +159,11 @@ export const jwt = defineAuthenticator({
       getKey = createSecretKey(key);
     } else {
       if (!cfg.jwks || cfg.secret) throw new ConfigError([{ path: [...base, 'jwks'], message: 'asymmetric algorithms need `jwks` ({ file } or { url }) and no `secret`' }]);
-      if ('file' in cfg.jwks) {
+      if ('tokens' in cfg.jwks) {
+        if (!ctx.tokensConfigured) throw new ConfigError([{ path: [...base, 'jwks', 'tokens'], message: 'needs the top-level tokens section (the key Portcullis signs its tokens with)' }]);
+        // Its key failed to load: that is reported under tokens.signingKey.
+        getKey = createLocalJWKSet(ctx.tokensJwks ?? { keys: [] });
+      } else if ('file' in cfg.jwks) {
         const text = ctx.readFile(cfg.jwks.file, [...base, 'jwks', 'file']);
         let set: JSONWebKeySet;
         try { set = JSON.parse(text); if (!Array.isArray(set.keys)) throw new Error('no "keys" array'); } catch (e) {

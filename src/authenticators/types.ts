@@ -2,6 +2,7 @@
 // request and its connection and returns a Verdict; it never throws for an
 // expected outcome, never sees the upstream, never writes headers.
 import type { z } from 'zod';
+import type { JSONWebKeySet } from 'jose';
 import type { IncomingHttpHeaders } from 'node:http';
 import type { AuthCode } from '../errors.ts';
 import type { ConnectionInfo, PeerCert } from '../tls/peer.ts';
@@ -75,6 +76,10 @@ export interface CreateContext {
   readonly runtime: Runtime;
   /** The config's `store`: where state shared across replicas (nonces) lives. */
   readonly store: StoreSettings;
+  /** The public key of `tokens.signingKey` (SPEC §7), when it loaded. */
+  readonly tokensJwks?: JSONWebKeySet;
+  /** Whether the config has a `tokens` section (its key may have failed to load). */
+  readonly tokensConfigured?: boolean;
 }
 
 export interface AuthenticatorType<S extends z.ZodType = z.ZodType> {

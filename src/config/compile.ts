@@ -14,6 +14,7 @@ import { Runtime } from '../runtime.ts';
 import type { RedisSettings } from '../store/redis.ts';
 import { compilePolicies, type CompiledPolicy } from '../pipeline/match.ts';
 import type { LockoutSettings } from '../pipeline/lockout.ts';
+import { compileTokens, loadSigningKey, type CompiledTokens } from '../tokens.ts';
 import { blockList, foldHeader } from '../util/net.ts';
 
 export interface CompileOptions {
@@ -57,6 +58,8 @@ export interface CompiledConfig {
   readonly files: readonly string[];
   readonly runtime: Runtime;
   readonly store: StoreSettings;
+  /** SPEC §7: tokens Portcullis issues at its own login paths (src/tokens.ts); undefined when off. */
+  readonly tokens?: CompiledTokens;
   /** Failure lockout (src/pipeline/lockout.ts); undefined when off. */
   readonly lockout?: LockoutSettings;
 }
@@ -114,11 +117,13 @@ export function compile(raw: RawConfig, opts: CompileOptions): CompiledConfig {
       throw new ConfigError([{ path, message: `cannot read ${p}: ${(e as NodeJS.ErrnoException).code ?? e}` }]);
     }
   };
+  // SPEC §7: the key Portcullis signs its own tokens with; jwt authenticators may trust it.
+  const signing = raw.tokens ? loadSigningKey(raw.tokens, readFile, issues) : undefined;
   const authenticators = new Map<string, Authenticator>();
   for (const [name, cfg] of Object.entries(raw.authenticators)) {
     const type = AUTHENTICATORS_BY_TYPE.get((cfg as { type: string }).type)!;
     try {
-      authenticators.set(name, type.create(cfg, { name, resolvePath, clientAuth: !!raw.tls.clientAuth, readFile, runtime, store }));
+      authenticators.set(name, type.create(cfg, { name, resolvePath, clientAuth: !!raw.tls.clientAuth, readFile, runtime, store, tokensJwks: signing?.jwks, tokensConfigured: !!raw.tokens }));
     } catch (e) {
       if (e instanceof ConfigError) issues.push(...e.issues);
       else issues.push({ path: ['authenticators', name], message: (e as Error).message });
@@ -127,6 +132,7 @@ export function compile(raw: RawConfig, opts: CompileOptions): CompiledConfig {
 
   const policyIssues: ConfigIssue[] = [];
   const policies = compilePolicies(raw.policies, (n) => authenticators.get(n), policyIssues);
+  const tokens = raw.tokens && signing ? compileTokens(raw.tokens, signing, (n) => authenticators.get(n), issues) : undefined;
   // An authenticator that failed to build was already reported; do not report every use of it too.
   issues.push(...policyIssues.filter((i) => !(/^unknown authenticator "(.*)"$/.exec(i.message)?.[1]! in raw.authenticators)));
 
@@ -171,6 +177,7 @@ export function compile(raw: RawConfig, opts: CompileOptions): CompiledConfig {
     files: Object.freeze([...new Set(files)]),
     runtime,
     store: Object.freeze(store),
+    tokens,
     lockout: raw.lockout && Object.freeze({
       failures: raw.lockout.failures, windowMs: raw.lockout.windowSec * 1000, lockMs: raw.lockout.lockSec * 1000,
       exemptIps: raw.lockout.exemptIps.length ? blockList(raw.lockout.exemptIps) : undefined,

@@ -164,6 +164,24 @@ export const configSchema = z.strictObject({
     lockSec: z.number().int().min(1).max(86_400).default(D.lockout.lockSec),
     exemptIps: z.array(cidr).default([]),
   }).optional(),
+  /** SPEC §7: Portcullis signs its own access tokens, at login paths it serves itself. Off unless given. */
+  tokens: z.strictObject({
+    /** `iss` of every token; a jwt authenticator with `jwks: { tokens: true }` verifies them. */
+    issuer: z.string().min(1),
+    audience: z.string().min(1),
+    /** PKCS#8 PEM private key: EC P-256 (ES256) or Ed25519 (EdDSA). */
+    signingKey: z.string().min(1),
+    /** GET: the public key as a JWKS, unauthenticated. */
+    jwksPath: z.string().regex(/^\/[^?#]*$/, 'must be a path').default('/.well-known/jwks.json'),
+    /** POST: the first entry for the path whose `authenticate` allows the request issues a token. */
+    logins: z.array(z.strictObject({
+      path: z.string().regex(/^\/[^?#]*$/, 'must be a path'),
+      authenticate: requirement,
+      ttlSec: z.number().int().min(30).max(2_592_000),
+      /** The token's scopes (default: the identity's own). */
+      scopes: z.array(z.string().regex(/^[\x21\x23-\x5b\x5d-\x7e]+$/, 'a scope is visible ASCII without space, " or \\')).optional(),
+    })).min(1),
+  }).optional(),
   logging: z.strictObject({
     level: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default(D.logging.level),
     access: z.boolean().default(D.logging.access),

@@ -17,6 +17,7 @@ import { isPromise, type MaybePromise } from './requirements.ts';
 import type { Verdict } from '../authenticators/types.ts';
 import { Lockout } from './lockout.ts';
 import { RateLimiter } from './ratelimit.ts';
+import { issueToken, type CompiledTokens, type LoginEntry } from '../tokens.ts';
 import type { RedisConnection } from '../store/redis.ts';
 
 export interface HandlerDeps {
@@ -162,6 +163,8 @@ export function createHandler(deps: HandlerDeps) {
     id: string; ctx?: RequestContext; d?: Decision; code?: ErrorCode; clientGone?: boolean;
     /** The request may send its body now: answers an `Expect: 100-continue`. */
     proceed?(): void;
+    /** Answer with Portcullis' own response (token endpoints); absent on upgrades. */
+    send?(status: number, body: string, headers: Record<string, string>): void;
   }
   type Refuse = (code: ErrorCode, id: string, d?: Decision) => void;
 
@@ -190,19 +193,11 @@ export function createHandler(deps: HandlerDeps) {
     const ctx = c.ctx;
     ex.ctx = ctx;
     ex.id = ctx.id;
+    const tk = cfg.tokens;
+    if (tk && (ctx.path === tk.jwksPath || tk.logins.has(ctx.path))) return tokenEndpoint(cfg, tk, ex, ctx, refuse);
     const policy = policyFor(cfg, ctx);
-    if (cfg.lockout && policy && policy.authenticators.length && !policy.reportOnly) {
-      // Locked out: refused before the body is read or any authenticator runs.
-      const ms = lockout.lockedFor(ctx.clientIp, deps.now(), cfg.lockout);
-      if (ms > 0) {
-        const d: Decision = { policy, outcome: 'deny', code: 'AUTH_007', status: 429, reason: `client IP ${ctx.clientIp} is locked out after repeated authentication failures`, trace: [], retryAfterSec: Math.ceil(ms / 1000) };
-        ex.d = d;
-        ex.code = 'AUTH_007';
-        audit(ctx, d);
-        refuse('AUTH_007', ctx.id, d);
-        return undefined;
-      }
-    }
+    // Locked out: refused before the body is read or any authenticator runs.
+    if (policy && policy.authenticators.length && !policy.reportOnly && lockedOut(cfg, ex, ctx, policy, refuse)) return undefined;
     const rl = policy?.rateLimit;
     if (rl?.by === 'ip') {
       // By client IP: before the body is read or any authenticator runs.
@@ -274,18 +269,7 @@ export function createHandler(deps: HandlerDeps) {
     }
     if (d.outcome !== 'allow') audit(ctx, d);
     if (d.outcome === 'deny') {
-      const ls = cfg.lockout;
-      if (ls) {
-        // Counted after the answer is decided: a shared count (Redis) never delays the denial.
-        const locked = (ms: number) => {
-          if (ms <= 0) return;
-          metrics.lockouts.inc();
-          logger.warn({ msg: 'client locked out after repeated authentication failures', requestId: ctx.id, clientIp: ctx.clientIp, policy: d.policy?.name, code: d.code, failures: ls.failures, windowSec: ls.windowMs / 1000, lockSec: ms / 1000 });
-        };
-        const ms = lockout.record(ctx.clientIp, d.code, deps.now(), ls);
-        if (isPromise(ms)) void ms.then(locked);
-        else locked(ms);
-      }
+      recordFailure(cfg, ctx, d);
       refuse(d.code!, ctx.id, d);
       return undefined;
     }
@@ -299,6 +283,92 @@ export function createHandler(deps: HandlerDeps) {
       if (overLimit(ex, ctx, d.policy!, ms, caller, refuse)) return undefined;
     }
     return admitted(req, cfg, ctx, d, body);
+  }
+
+  /** A denial, for the failure lockout. Counted after the answer is decided: a shared count (Redis) never delays it. */
+  function recordFailure(cfg: CompiledConfig, ctx: RequestContext, d: Decision): void {
+    const ls = cfg.lockout;
+    if (!ls) return;
+    const locked = (ms: number) => {
+      if (ms <= 0) return;
+      metrics.lockouts.inc();
+      logger.warn({ msg: 'client locked out after repeated authentication failures', requestId: ctx.id, clientIp: ctx.clientIp, policy: d.policy?.name, code: d.code, failures: ls.failures, windowSec: ls.windowMs / 1000, lockSec: ms / 1000 });
+    };
+    const ms = lockout.record(ctx.clientIp, d.code, deps.now(), ls);
+    if (isPromise(ms)) void ms.then(locked);
+    else locked(ms);
+  }
+
+  /** Refused while the client IP is locked out (true), before any authenticator runs. */
+  function lockedOut(cfg: CompiledConfig, ex: Outcome, ctx: RequestContext, policy: NonNullable<Decision['policy']>, refuse: Refuse): boolean {
+    if (!cfg.lockout) return false;
+    const ms = lockout.lockedFor(ctx.clientIp, deps.now(), cfg.lockout);
+    if (ms <= 0) return false;
+    const d: Decision = { policy, outcome: 'deny', code: 'AUTH_007', status: 429, reason: `client IP ${ctx.clientIp} is locked out after repeated authentication failures`, trace: [], retryAfterSec: Math.ceil(ms / 1000) };
+    ex.d = d;
+    ex.code = 'AUTH_007';
+    audit(ctx, d);
+    refuse('AUTH_007', ctx.id, d);
+    return true;
+  }
+
+  /**
+   * SPEC §7 (src/tokens.ts): the JWKS (GET), or a login (POST) that issues a token to the
+   * first entry for the path whose requirement allows the request. Never forwarded.
+   */
+  function tokenEndpoint(cfg: CompiledConfig, tk: CompiledTokens, ex: Outcome, ctx: RequestContext, refuse: Refuse): MaybePromise<undefined> {
+    const send = ex.send?.bind(ex);
+    if (!send) { ex.code = 'BAD_REQUEST'; refuse('BAD_REQUEST', ctx.id); return undefined; }
+    const jwks = ctx.path === tk.jwksPath;
+    const allowed = jwks ? ['GET', 'HEAD'] : ['POST'];
+    if (!allowed.includes(ctx.method)) {
+      ex.code = 'METHOD_NOT_ALLOWED';
+      send(405, errorBody('METHOD_NOT_ALLOWED', ctx.id), { 'content-type': 'application/json', 'cache-control': 'no-store', allow: allowed.join(', ') });
+      return undefined;
+    }
+    if (jwks) {
+      send(200, tk.jwksBody, { 'content-type': 'application/jwk-set+json', 'cache-control': 'public, max-age=300' });
+      return undefined;
+    }
+    const entries = tk.logins.get(ctx.path)!;
+    if (lockedOut(cfg, ex, ctx, entries[0]!.policy, refuse)) return undefined;
+    const failed = (e: unknown) => {
+      logger.error({ msg: 'login failed with an internal error', requestId: ctx.id, err: { message: (e as Error).message } });
+      ex.code = 'INTERNAL';
+      refuse('INTERNAL', ctx.id);
+      return undefined;
+    };
+    const issue = (entry: LoginEntry, d: Decision): Promise<undefined> => issueToken(tk, entry, d.identity!, deps.now()).then((t) => {
+      if (!t) {
+        logger.error({ msg: 'login allowed an identity with no subject or key id: no token issued', requestId: ctx.id, login: entry.policy.name });
+        ex.code = 'INTERNAL';
+        refuse('INTERNAL', ctx.id);
+        return undefined;
+      }
+      ex.d = d;
+      send(200, t.body, { 'content-type': 'application/json', 'cache-control': 'no-store', pragma: 'no-cache' });
+      logger.info({ msg: 'token issued', requestId: ctx.id, login: entry.policy.name, subject: t.subject, jti: t.jti, certificateBound: t.bound, expiresIn: entry.ttlSec });
+      return undefined;
+    }, failed);
+    /** The denial that says most: a credential that was presented and failed, else the first. */
+    const better = (a: Decision | undefined, b: Decision) => (!a || (!a.trace.some((x) => x.verdict === 'deny') && b.trace.some((x) => x.verdict === 'deny')) ? b : a);
+    const attempt = (i: number, best: Decision | undefined): MaybePromise<undefined> => {
+      if (i === entries.length) {
+        const d = best!;
+        ex.d = d;
+        ex.code = d.code;
+        audit(ctx, d);
+        recordFailure(cfg, ctx, d);
+        refuse(d.code!, ctx.id, d);
+        return undefined;
+      }
+      const entry = entries[i]!;
+      let d: MaybePromise<Decision>;
+      try { d = decide(cfg, ctx, deps.now(), { timed, policy: entry.policy }); } catch (e) { return failed(e); }
+      const next = (x: Decision): MaybePromise<undefined> => (x.outcome === 'allow' ? issue(entry, x) : attempt(i + 1, better(best, x)));
+      return isPromise(d) ? d.then(next, failed) : next(d);
+    };
+    return attempt(0, undefined);
   }
 
   function admitted(req: IncomingMessage, cfg: CompiledConfig, ctx: RequestContext, d: Decision, body: Buffer | undefined): Admitted {
@@ -343,6 +413,11 @@ export function createHandler(deps: HandlerDeps) {
       if (!this.awaitsContinue) return;
       this.awaitsContinue = false;
       if (!this.req.readableEnded) this.res.writeContinue();
+    }
+
+    send(status: number, body: string, headers: Record<string, string>): void {
+      this.res.writeHead(status, { ...headers, 'x-request-id': this.id, 'content-length': String(Buffer.byteLength(body)) });
+      this.res.end(this.req.method === 'HEAD' ? undefined : body);
     }
 
     onComplete(): void {

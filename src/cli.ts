@@ -72,6 +72,8 @@ export function describeConfig(cfg: CompiledConfig): string {
   if (tk) {
     const logins = [...tk.logins].map(([path, es]) => `POST ${path} (${es.map((e) => `${e.policy.summary.authenticate} -> ${e.ttlSec} s`).join('; ')})`).join(', ');
     lines.push(`tokens ${tk.signing.alg} kid ${tk.signing.kid}, issuer ${tk.issuer}, audience ${tk.audience}; ${logins}; JWKS at GET ${tk.jwksPath}`);
+    const ci = tk.certificates;
+    if (ci) lines.push(`certificates POST ${ci.path} (${ci.policy.summary.authenticate}) -> signed by ${ci.ca.subject.replaceAll('\n', ', ')}, ${ci.validityMs / 86_400_000} days`);
   }
   lines.push(`lockout ${lo ? `${lo.failures} failed credentials from one client IP within ${lo.windowMs / 1000} s -> 429 for ${lo.lockMs / 1000} s` : 'off'}`);
   lines.push('', 'policies (first match wins; nothing matches -> 403 AUTH_011):');

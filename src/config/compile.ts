@@ -132,7 +132,7 @@ export function compile(raw: RawConfig, opts: CompileOptions): CompiledConfig {
 
   const policyIssues: ConfigIssue[] = [];
   const policies = compilePolicies(raw.policies, (n) => authenticators.get(n), policyIssues);
-  const tokens = raw.tokens && signing ? compileTokens(raw.tokens, signing, (n) => authenticators.get(n), issues) : undefined;
+  const tokens = raw.tokens && signing ? compileTokens(raw.tokens, signing, (n) => authenticators.get(n), issues, readFile, tls?.trust.cas ?? []) : undefined;
   // An authenticator that failed to build was already reported; do not report every use of it too.
   issues.push(...policyIssues.filter((i) => !(/^unknown authenticator "(.*)"$/.exec(i.message)?.[1]! in raw.authenticators)));
 

@@ -181,6 +181,17 @@ export const configSchema = z.strictObject({
       /** The token's scopes (default: the identity's own). */
       scopes: z.array(z.string().regex(/^[\x21\x23-\x5b\x5d-\x7e]+$/, 'a scope is visible ASCII without space, " or \\')).optional(),
     })).min(1),
+    /** POST: a client certificate for the caller (CN = its subject), from a PEM CSR body or a key pair made for it. */
+    certificates: z.strictObject({
+      path: z.string().regex(/^\/[^?#]*$/, 'must be a path'),
+      authenticate: requirement,
+      /** Scopes the caller must hold, e.g. the bootstrap token's `certificate:request`. */
+      scopes: z.array(z.string().min(1)).min(1).optional(),
+      /** The issuing CA: one of tls.clientAuth.ca, so that what it issues is trusted for mTLS. */
+      ca: z.string().min(1),
+      key: z.string().min(1),
+      validityDays: z.number().int().min(1).max(825).default(365),
+    }).optional(),
   }).optional(),
   logging: z.strictObject({
     level: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default(D.logging.level),

@@ -5,8 +5,9 @@
 // 403 when the token expires, and refreshes it by logging in with the certificate again.
 // Tokens are checked with jose against the JWKS Portcullis serves, as any client would.
 import t from 'tap';
-import { createHash, generateKeyPairSync, X509Certificate } from 'node:crypto';
-import { writeFileSync } from 'node:fs';
+import { createHash, createPrivateKey, generateKeyPairSync, X509Certificate } from 'node:crypto';
+import { spawnSync } from 'node:child_process';
+import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { createLocalJWKSet, decodeProtectedHeader, jwtVerify, type JSONWebKeySet } from 'jose';
 import { makeFixture } from '../helpers/pki.ts';
@@ -18,6 +19,8 @@ const fx = makeFixture();
 const BOOTSTRAP = 'kapi_prod_bootstrapbootstrapbootstrap12';
 const sha = (s: string) => createHash('sha256').update(s).digest('hex');
 const signingKey = join(fx.dir, 'tokens.key');
+// The issuing CA is the test CA that tls.clientAuth trusts (an RSA key).
+writeFileSync(join(fx.dir, 'issuing-ca.key'), fx.ca.keyPem);
 writeFileSync(signingKey, generateKeyPairSync('ec', { namedCurve: 'P-256' }).privateKey.export({ type: 'pkcs8', format: 'pem' }));
 
 const tokensYaml = (extra = '') => `
@@ -35,6 +38,12 @@ authenticators:
     jwks: { tokens: true }
     certificateBound: true
     clockToleranceSec: 0
+  bootstrap-jwt:
+    type: jwt
+    issuer: https://api.a.test
+    audience: wallet-api
+    algorithms: [ES256]
+    jwks: { tokens: true }
 tokens:
   issuer: https://api.a.test
   audience: wallet-api
@@ -48,6 +57,13 @@ tokens:
       authenticate: bootstrap-keys
       ttlSec: 300
       scopes: [certificate:request]
+  certificates:
+    path: /system/certificate
+    authenticate: bootstrap-jwt
+    scopes: [certificate:request]
+    ca: {{PKI}}/ca.crt
+    key: {{PKI}}/issuing-ca.key
+    validityDays: 365
 policies:
   - name: wallet
     match: { paths: ["/api/**"] }
@@ -152,8 +168,10 @@ t.test('config: what a tokens section must hold', async (t) => {
   writeFileSync(rsa, generateKeyPairSync('rsa', { modulusLength: 2048 }).privateKey.export({ type: 'pkcs8', format: 'pem' }));
   t.match(errorsOf(baseConfig(tokensYaml()).replace(signingKey, rsa)), /tokens\.signingKey: .*rsa\.key is a rsa key: use EC P-256 \(ES256\) or Ed25519 \(EdDSA\)/);
   t.match(errorsOf(baseConfig(tokensYaml()).replace(signingKey, join(dir, 'ca.crt'))), /tokens\.signingKey: .*not a PEM private key/);
-  t.match(errorsOf(baseConfig(tokensYaml()).replace('      authenticate: client-cert\n      ttlSec: 3600', '      authenticate: none\n      ttlSec: 3600')), /tokens\.logins\[0\]\.authenticate: a login must authenticate the caller/);
+  t.match(errorsOf(baseConfig(tokensYaml()).replace('      authenticate: client-cert\n      ttlSec: 3600', '      authenticate: none\n      ttlSec: 3600')), /tokens\.logins\[0\]\.authenticate: must authenticate the caller/);
   t.match(errorsOf(baseConfig(tokensYaml()).replace(/tokens:\n(?:  .*\n|    .*\n|      .*\n)*/, '')), /authenticators\.wallet\.jwks\.tokens: needs the top-level tokens section/);
+  t.match(errorsOf(baseConfig(tokensYaml()).replace('ca: {{PKI}}/ca.crt\n    key', 'ca: {{PKI}}/forged-ca.crt\n    key')), /tokens\.certificates\.ca: .*forged-ca\.crt is not in tls\.clientAuth\.ca/);
+  t.match(errorsOf(baseConfig(tokensYaml()).replace('key: {{PKI}}/issuing-ca.key', 'key: {{PKI}}/client-valid.key')), /tokens\.certificates\.key: .*client-valid\.key does not match the certificate/);
   const ed = join(dir, 'ed.key');
   writeFileSync(ed, generateKeyPairSync('ed25519').privateKey.export({ type: 'pkcs8', format: 'pem' }));
   t.equal(errorsOf(baseConfig(tokensYaml()).replace(signingKey, ed).replace('algorithms: [ES256]', 'algorithms: [EdDSA]')), '', 'an Ed25519 key loads');
@@ -185,4 +203,56 @@ t.test('a new signing key, by reload: tokens signed with the old one are refused
   t.not((await request(r, fx, { path: '/.well-known/jwks.json' })).json.keys[0].kid, kid, 'the JWKS names the new key');
   t.same(code(await call(old)), [401, 'AUTH_001'], 'a token signed with the old key: refused');
   t.equal((await call((await post()).json.access_token)).status, 200, 'a new login works');
+});
+
+t.test('phase 1b: a bootstrap token buys a client certificate (CA, certificate, private key), which then logs in', async (t) => {
+  const bootstrap: string = (await login({ key: BOOTSTRAP })).json.access_token;
+  const r = await request(h, fx, { method: 'POST', path: '/system/certificate', headers: { authorization: `Bearer ${bootstrap}` } });
+  t.equal(r.status, 200, r.body.slice(0, 200));
+  t.equal(r.headers['cache-control'], 'no-store');
+  const cert = new X509Certificate(r.json.certificate);
+  const ca = new X509Certificate(fx.ca.certPem);
+  t.equal(cert.subject, 'CN=namespace-1', 'named after the token\'s subject');
+  t.ok(cert.checkIssued(ca) && cert.verify(ca.publicKey), 'issued and signed by the trusted client CA');
+  t.notOk(cert.ca, 'not a CA');
+  t.same(cert.keyUsage, ['1.3.6.1.5.5.7.3.2'], 'for client authentication only');
+  const days = (Date.parse(cert.validTo) - Date.parse(cert.validFrom)) / 86_400_000;
+  t.ok(days > 364 && days < 366, `valid for a year (${days.toFixed(2)} days)`);
+  t.equal(r.json.caCertificate.trim(), fx.ca.certPem.trim(), 'the CA to trust comes with it');
+  t.ok(cert.checkPrivateKey(createPrivateKey(r.json.privateKey)), 'the private key made for it, returned once');
+  t.notOk(JSON.stringify(h.logs).includes(r.json.privateKey.split('\n')[1]), 'and never logged');
+  t.match(h.logs.findLast((l) => l.msg === 'certificate issued'), { subject: 'namespace-1', keyMadeHere: true });
+
+  // The seed's next step: certificate login, then the API with certificate + token.
+  const mine = { cert: r.json.certificate, key: r.json.privateKey };
+  const prod = await request(h, fx, { method: 'POST', path: '/system/login', ...mine });
+  t.equal(prod.status, 200, 'the new certificate logs in');
+  const api = await request(h, fx, { path: '/api/balance', headers: { 'x-molly-wallet-token': prod.json.access_token }, ...mine });
+  t.equal(api.status, 200);
+  t.equal(h.seen.at(-1)!.headers['x-auth-user-id'], 'namespace-1');
+});
+
+t.test('a certificate from the caller\'s own CSR (openssl req): its key, but the token\'s subject', async (t) => {
+  const bootstrap: string = (await login({ key: BOOTSTRAP })).json.access_token;
+  const key = join(fx.dir, 'csr.key'), csr = join(fx.dir, 'csr.pem');
+  const made = spawnSync('openssl', ['req', '-new', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-keyout', key, '-out', csr, '-subj', '/CN=someone-else/O=Evil'], { encoding: 'utf8' });
+  t.equal(made.status, 0, made.stderr);
+  const r = await request(h, fx, { method: 'POST', path: '/system/certificate', headers: { authorization: `Bearer ${bootstrap}`, 'content-type': 'application/pkcs10' }, body: readFileSync(csr, 'utf8') });
+  t.equal(r.status, 200, r.body.slice(0, 200));
+  const cert = new X509Certificate(r.json.certificate);
+  t.equal(cert.subject, 'CN=namespace-1', 'the subject the CSR asked for is ignored');
+  t.ok(cert.checkPrivateKey(createPrivateKey(readFileSync(key))), 'for the CSR\'s key');
+  t.notOk('privateKey' in r.json, 'no private key when the caller brought its own');
+
+  const tampered = readFileSync(csr, 'utf8').replace(/([A-Za-z0-9+/])(={0,2}\n-----END)/, (_, c: string, end: string) => (c === 'A' ? 'B' : 'A') + end);
+  t.same(code(await request(h, fx, { method: 'POST', path: '/system/certificate', headers: { authorization: `Bearer ${bootstrap}` }, body: tampered })), [400, 'BAD_REQUEST'], 'a CSR whose signature does not verify');
+  t.same(code(await request(h, fx, { method: 'POST', path: '/system/certificate', headers: { authorization: `Bearer ${bootstrap}` }, body: 'not a CSR' })), [400, 'BAD_REQUEST'], 'a body that is no CSR');
+});
+
+t.test('the certificate endpoint refuses: no token, a token without the scope, a GET', async (t) => {
+  t.same(code(await request(h, fx, { method: 'POST', path: '/system/certificate' })), [401, 'AUTH_003']);
+  const prod: string = (await login({ cert: 'valid' })).json.access_token;
+  t.same(code(await request(h, fx, { method: 'POST', path: '/system/certificate', headers: { authorization: `Bearer ${prod}` } })), [403, 'AUTH_008'], 'a production token lacks certificate:request');
+  t.same(code(await request(h, fx, { path: '/system/certificate' })), [405, 'METHOD_NOT_ALLOWED']);
+  t.equal(h.seen.filter((s) => s.url.startsWith('/system')).length, 0, 'never forwarded');
 });

@@ -20,6 +20,8 @@ export interface Explanation {
   decision?: Decision;
   /** Set when the request is refused before any policy (400, 421). */
   early?: { code: string; status: number; reason: string };
+  /** A tokens endpoint: what Portcullis itself would answer with, if allowed (never forwarded). */
+  ownEndpoint?: string;
   upstreamHeaders?: IncomingHttpHeaders;
   upstreamUrl?: string;
 }
@@ -46,6 +48,20 @@ export async function explain(cfg: CompiledConfig, input: ExplainInput, now = Da
   const conn: ConnectionInfo = { remoteAddress: ip, remotePort: 0, sni, resumed: false, clientCert };
   const c = buildContext({ method: input.method.toUpperCase(), url: m[2] || '/', headers, rawHeaders }, conn, cfg);
   if (!c.ok) return { input, sni, conn, early: { code: c.code, status: ERRORS[c.code].status, reason: c.reason } };
+  const tk = cfg.tokens;
+  if (tk && (c.ctx.path === tk.jwksPath || tk.logins.has(c.ctx.path) || c.ctx.path === tk.certificates?.path)) {
+    // Portcullis' own endpoints: judged by their entries, answered here, never forwarded.
+    const policies = tk.logins.get(c.ctx.path)?.map((e) => e.policy) ?? (c.ctx.path === tk.certificates?.path ? [tk.certificates.policy] : []);
+    if (!policies.length) return { input, sni, conn, early: { code: 'OK', status: 200, reason: `the JWKS of tokens.signingKey (GET ${tk.jwksPath}), served by Portcullis` } };
+    // As the server does: the first entry that allows; else the denial that says most.
+    let decision: Decision | undefined;
+    for (const policy of policies) {
+      const d = await decide(cfg, c.ctx, now, { policy });
+      if (d.outcome === 'allow') { decision = d; break; }
+      if (!decision || (!decision.trace.some((x) => x.verdict === 'deny') && d.trace.some((x) => x.verdict === 'deny'))) decision = d;
+    }
+    return { input, sni, conn, ctx: c.ctx, decision: decision!, ownEndpoint: tk.logins.has(c.ctx.path) ? 'a token (tokens.logins)' : 'a client certificate (tokens.certificates)' };
+  }
   const decision = await decide(cfg, c.ctx, now);
   const ex: Explanation = { input, sni, conn, ctx: c.ctx, decision };
   if (decision.outcome !== 'deny') {
@@ -68,7 +84,8 @@ export function formatExplanation(e: Explanation): string {
   L.push(`path      ${e.ctx!.path}${e.ctx!.query ? '?' + e.ctx!.query : ''} (normalised)   client-ip ${e.ctx!.clientIp}`);
   L.push(`policy    ${d.policy ? `${d.policy.name} (#${d.policy.index}, ${d.policy.summary.authenticate}, ${d.policy.summary.mode}${d.policy.rateLimit ? `, rate limit ${d.policy.summary.rateLimit}: not counted by explain` : ''})` : '(none matches)'}`);
   for (const t of d.trace) L.push(`  ${t.authenticator.padEnd(16)} ${t.type.padEnd(7)} ${t.verdict.toUpperCase().padEnd(5)} ${t.code ?? ''}${t.code ? ' ' : ''}${t.reason}`);
-  if (d.outcome === 'allow') L.push(`result    ALLOW -> ${e.upstreamUrl}`);
+  if (d.outcome === 'allow' && e.ownEndpoint) L.push(`result    ALLOW -> answered by Portcullis with ${e.ownEndpoint}, never forwarded (explain issues nothing)`);
+  else if (d.outcome === 'allow') L.push(`result    ALLOW -> ${e.upstreamUrl}`);
   else if (d.outcome === 'would_deny') L.push(`result    WOULD DENY ${d.status} ${d.code} (report-only: forwarded) - ${d.reason}`);
   else L.push(`result    DENY ${d.status} ${d.code}: ${d.reason}`);
   if (e.upstreamHeaders) {

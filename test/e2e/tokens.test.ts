@@ -256,3 +256,15 @@ t.test('the certificate endpoint refuses: no token, a token without the scope, a
   t.same(code(await request(h, fx, { path: '/system/certificate' })), [405, 'METHOD_NOT_ALLOWED']);
   t.equal(h.seen.filter((s) => s.url.startsWith('/system')).length, 0, 'never forwarded');
 });
+
+t.test('explain shows which login entry would issue a token, and issues none', async (t) => {
+  const f = join(fx.dir, 'explain-tokens.yaml');
+  writeFileSync(f, baseConfig(tokensYaml()).replaceAll('{{PKI}}', fx.dir).replaceAll('{{UPSTREAM}}', 'http://127.0.0.1:1').replace('listen: 127.0.0.1:0', 'listen: 127.0.0.1:8443'));
+  const bin = new URL('../../bin/portcullis.js', import.meta.url).pathname;
+  const r = spawnSync(process.execPath, [bin, 'explain', '--config', f, 'POST', 'https://a.test/system/login', '-H', `X-API-Key: ${BOOTSTRAP}`], { encoding: 'utf8' });
+  t.equal(r.status, 0, r.stderr);
+  t.match(r.stdout, /policy\s+login \/system\/login #1/);
+  t.match(r.stdout, /result\s+ALLOW -> answered by Portcullis with a token \(tokens\.logins\), never forwarded/);
+  const bad = spawnSync(process.execPath, [bin, 'explain', '--config', f, 'POST', 'https://a.test/system/login', '-H', 'X-API-Key: kapi_prod_wrongwrongwrongwrongwrongwrong'], { encoding: 'utf8' });
+  t.match(bad.stdout, /result\s+DENY 401 AUTH_004/);
+});

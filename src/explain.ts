@@ -1,5 +1,6 @@
 // `portcullis explain`: one request described on the command line, run through
 // the same context, decision and header stages as live traffic, without a network.
+import { tellingDenial } from './tokens.ts';
 import { isIP } from 'node:net';
 import type { IncomingHttpHeaders } from 'node:http';
 import type { CompiledConfig } from './config/compile.ts';
@@ -49,7 +50,7 @@ export async function explain(cfg: CompiledConfig, input: ExplainInput, now = Da
   const c = buildContext({ method: input.method.toUpperCase(), url: m[2] || '/', headers, rawHeaders }, conn, cfg);
   if (!c.ok) return { input, sni, conn, early: { code: c.code, status: ERRORS[c.code].status, reason: c.reason } };
   const tk = cfg.tokens;
-  if (tk && (c.ctx.path === tk.jwksPath || tk.logins.has(c.ctx.path) || c.ctx.path === tk.certificates?.path)) {
+  if (tk?.paths.has(c.ctx.path)) {
     // Portcullis' own endpoints: judged by their entries, answered here, never forwarded.
     const policies = tk.logins.get(c.ctx.path)?.map((e) => e.policy) ?? (c.ctx.path === tk.certificates?.path ? [tk.certificates.policy] : []);
     if (!policies.length) return { input, sni, conn, early: { code: 'OK', status: 200, reason: `the JWKS of tokens.signingKey (GET ${tk.jwksPath}), served by Portcullis` } };
@@ -58,7 +59,7 @@ export async function explain(cfg: CompiledConfig, input: ExplainInput, now = Da
     for (const policy of policies) {
       const d = await decide(cfg, c.ctx, now, { policy });
       if (d.outcome === 'allow') { decision = d; break; }
-      if (!decision || (!decision.trace.some((x) => x.verdict === 'deny') && d.trace.some((x) => x.verdict === 'deny'))) decision = d;
+      decision = tellingDenial(decision, d);
     }
     return { input, sni, conn, ctx: c.ctx, decision: decision!, ownEndpoint: tk.logins.has(c.ctx.path) ? 'a token (tokens.logins)' : 'a client certificate (tokens.certificates)' };
   }

@@ -21,6 +21,7 @@ import type { ConfigIssue } from './errors.ts';
 import { compilePolicies, type CompiledPolicy } from './pipeline/match.ts';
 import type { Authenticator } from './authenticators/types.ts';
 import type { Identity } from './pipeline/identity.ts';
+import type { Decision } from './pipeline/decide.ts';
 
 type RawTokens = NonNullable<RawConfig['tokens']>;
 
@@ -58,6 +59,19 @@ export interface CompiledTokens {
   /** Entries by path, in config order. */
   readonly logins: ReadonlyMap<string, readonly LoginEntry[]>;
   readonly certificates?: CertificateIssuer;
+  /** Every path Portcullis answers itself (JWKS, logins, certificates): one lookup per request. */
+  readonly paths: ReadonlySet<string>;
+}
+
+/** The message of a ConfigError that `readFile` threw (a file that cannot be read), if that is what `e` is. */
+const loadError = (e: unknown): string | undefined => (e as { issues?: ConfigIssue[] }).issues?.[0]?.message;
+
+/**
+ * Of two refusals, the one that says more: a credential that was presented and failed
+ * (AUTH_004 for a wrong key) before one that was missing; else the earlier.
+ */
+export function tellingDenial(a: Decision | undefined, b: Decision): Decision {
+  return !a || (!a.trace.some((x) => x.verdict === 'deny') && b.trace.some((x) => x.verdict === 'deny')) ? b : a;
 }
 
 /** RFC 7638: SHA-256 over the required members in lexicographic order. */
@@ -73,7 +87,7 @@ export function loadSigningKey(raw: RawTokens, readFile: (p: string, path: reado
   try {
     key = createPrivateKey(readFile(raw.signingKey, path));
   } catch (e) {
-    issues.push({ path, message: (e as { issues?: ConfigIssue[] }).issues?.[0]?.message ?? `${raw.signingKey}: not a PEM private key (${(e as Error).message})` });
+    issues.push({ path, message: loadError(e) ?? `${raw.signingKey}: not a PEM private key (${(e as Error).message})` });
     return undefined;
   }
   const type = key.asymmetricKeyType;
@@ -110,13 +124,13 @@ function loadIssuer(raw: NonNullable<RawTokens['certificates']>, readFile: (p: s
     caPem = readFile(raw.ca, [...base, 'ca']);
     ca = new X509Certificate(caPem);
   } catch (e) {
-    issues.push({ path: [...base, 'ca'], message: (e as { issues?: ConfigIssue[] }).issues?.[0]?.message ?? `${raw.ca}: not a PEM certificate` });
+    issues.push({ path: [...base, 'ca'], message: loadError(e) ?? `${raw.ca}: not a PEM certificate` });
     return undefined;
   }
   try {
     key = createPrivateKey(readFile(raw.key, [...base, 'key']));
   } catch (e) {
-    issues.push({ path: [...base, 'key'], message: (e as { issues?: ConfigIssue[] }).issues?.[0]?.message ?? `${raw.key}: not a PEM private key` });
+    issues.push({ path: [...base, 'key'], message: loadError(e) ?? `${raw.key}: not a PEM private key` });
     return undefined;
   }
   if (!ca.ca) issues.push({ path: [...base, 'ca'], message: `${raw.ca} (${ca.subject.replaceAll('\n', ', ')}) is not a CA certificate` });
@@ -150,6 +164,7 @@ export function compileTokens(raw: RawTokens, signing: SigningKey, lookup: (name
   return Object.freeze({
     issuer: raw.issuer, audience: raw.audience, signing, jwksPath: raw.jwksPath,
     jwksBody: JSON.stringify(signing.jwks), logins, certificates,
+    paths: new Set([raw.jwksPath, ...logins.keys(), ...(certificates ? [certificates.path] : [])]),
   });
 }
 

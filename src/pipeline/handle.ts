@@ -17,7 +17,7 @@ import { isPromise, type MaybePromise } from './requirements.ts';
 import type { Verdict } from '../authenticators/types.ts';
 import { Lockout } from './lockout.ts';
 import { RateLimiter } from './ratelimit.ts';
-import { BadCsr, issueCertificate, issueToken, type CompiledTokens, type LoginEntry } from '../tokens.ts';
+import { BadCsr, issueCertificate, issueToken, tellingDenial, type CertificateIssuer, type CompiledTokens, type IssuedCertificate, type LoginEntry } from '../tokens.ts';
 import type { RedisConnection } from '../store/redis.ts';
 
 export interface HandlerDeps {
@@ -194,16 +194,17 @@ export function createHandler(deps: HandlerDeps) {
     ex.ctx = ctx;
     ex.id = ctx.id;
     const tk = cfg.tokens;
-    if (tk && (ctx.path === tk.jwksPath || tk.logins.has(ctx.path) || ctx.path === tk.certificates?.path)) return tokenEndpoint(req, cfg, tk, ex, ctx, refuse);
+    if (tk?.paths.has(ctx.path)) return tokenEndpoint(req, cfg, tk, ex, ctx, refuse);
     const policy = policyFor(cfg, ctx);
     // Locked out: refused before the body is read or any authenticator runs.
     if (policy && policy.authenticators.length && !policy.reportOnly && lockedOut(cfg, ex, ctx, policy, refuse)) return undefined;
     const rl = policy?.rateLimit;
     if (rl?.by === 'ip') {
       // By client IP: before the body is read or any authenticator runs.
-      const ms = limiter.take(policy!.name, `ip:${ctx.clientIp}`, deps.now(), rl);
-      if (isPromise(ms)) return ms.then((w) => (overLimit(ex, ctx, policy!, w, ctx.clientIp, refuse) ? undefined : authenticate(req, cfg, ex, ctx, policy, refuse)));
-      if (overLimit(ex, ctx, policy!, ms, ctx.clientIp, refuse)) return undefined;
+      const caller = `ip ${ctx.clientIp}`;
+      const ms = limiter.take(policy!.name, caller, deps.now(), rl);
+      if (isPromise(ms)) return ms.then((w) => (overLimit(ex, ctx, policy!, w, caller, refuse) ? undefined : authenticate(req, cfg, ex, ctx, policy, refuse)));
+      if (overLimit(ex, ctx, policy!, ms, caller, refuse)) return undefined;
     }
     return authenticate(req, cfg, ex, ctx, policy, refuse);
   }
@@ -313,8 +314,8 @@ export function createHandler(deps: HandlerDeps) {
   }
 
   /**
-   * SPEC §7 (src/tokens.ts): the JWKS (GET), or a login (POST) that issues a token to the
-   * first entry for the path whose requirement allows the request. Never forwarded.
+   * SPEC §7 (src/tokens.ts): Portcullis' own endpoints, never forwarded: the JWKS (GET), a
+   * login (POST) or a client certificate (POST).
    */
   function tokenEndpoint(req: IncomingMessage, cfg: CompiledConfig, tk: CompiledTokens, ex: Outcome, ctx: RequestContext, refuse: Refuse): MaybePromise<undefined> {
     const send = ex.send?.bind(ex);
@@ -330,74 +331,82 @@ export function createHandler(deps: HandlerDeps) {
       send(200, tk.jwksBody, { 'content-type': 'application/jwk-set+json', 'cache-control': 'public, max-age=300' });
       return undefined;
     }
-    const failed = (e: unknown) => {
-      logger.error({ msg: 'token endpoint failed with an internal error', requestId: ctx.id, err: { message: (e as Error).message } });
-      ex.code = 'INTERNAL';
-      refuse('INTERNAL', ctx.id);
-      return undefined;
-    };
-    const denied = (d: Decision): undefined => {
-      ex.d = d;
-      ex.code = d.code;
-      audit(ctx, d);
-      recordFailure(cfg, ctx, d);
-      refuse(d.code!, ctx.id, d);
-      return undefined;
-    };
     const ci = tk.certificates;
-    if (ci && ctx.path === ci.path) {
-      // A client certificate for the caller, from the CSR in the body (or a key pair made here).
-      if (lockedOut(cfg, ex, ctx, ci.policy, refuse)) return undefined;
-      const certify = (d: Decision): MaybePromise<undefined> => {
-        if (d.outcome !== 'allow') return denied(d);
-        const subject = d.identity?.subject;
-        if (subject === undefined) return failed(new Error('the caller has no subject to name in a certificate'));
-        return readBody(req, Math.min(cfg.server.maxBodyBytes, 65_536), ex).then((b) => {
-          if (b === 'too-large' || b === 'aborted') { ex.code = 'BODY_TOO_LARGE'; refuse('BODY_TOO_LARGE', ctx.id); return undefined; }
-          // Wall time, not the request clock: OpenSSL checks the validity against it at the handshake.
-          return issueCertificate(ci, subject, b.toString('latin1'), Date.now()).then((c) => {
-            ex.d = d;
-            send(200, c.body, { 'content-type': 'application/json', 'cache-control': 'no-store', pragma: 'no-cache' });
-            logger.info({ msg: 'certificate issued', requestId: ctx.id, subject, serial: c.serial, notAfter: c.notAfter, keyMadeHere: c.generatedKey });
-            return undefined;
-          }, (e: Error) => {
-            if (!(e instanceof BadCsr)) return failed(e);
-            logger.info({ msg: 'bad certificate request', requestId: ctx.id, reason: e.message });
-            ex.code = 'BAD_REQUEST';
-            refuse('BAD_REQUEST', ctx.id);
-            return undefined;
-          });
-        });
-      };
-      let d: MaybePromise<Decision>;
-      try { d = decide(cfg, ctx, deps.now(), { timed, policy: ci.policy }); } catch (e) { return failed(e); }
-      return isPromise(d) ? d.then(certify, failed) : certify(d);
-    }
+    return ci && ctx.path === ci.path ? certificateEndpoint(req, cfg, ci, ex, ctx, send, refuse) : loginEndpoint(cfg, tk, ex, ctx, send, refuse);
+  }
+
+  type Send = NonNullable<Outcome['send']>;
+
+  /** A token endpoint failed internally: 503 INTERNAL, never a token or a certificate. */
+  function endpointFailed(ex: Outcome, ctx: RequestContext, refuse: Refuse, e: unknown): undefined {
+    logger.error({ msg: 'token endpoint failed with an internal error', requestId: ctx.id, err: { message: (e as Error).message } });
+    ex.code = 'INTERNAL';
+    refuse('INTERNAL', ctx.id);
+    return undefined;
+  }
+
+  /** A refused login or certificate request: audited, counted towards the lockout. */
+  function endpointDenied(cfg: CompiledConfig, ex: Outcome, ctx: RequestContext, refuse: Refuse, d: Decision): undefined {
+    ex.d = d;
+    ex.code = d.code;
+    audit(ctx, d);
+    recordFailure(cfg, ctx, d);
+    refuse(d.code!, ctx.id, d);
+    return undefined;
+  }
+
+  /** The first login entry for the path that allows the request issues a token. */
+  function loginEndpoint(cfg: CompiledConfig, tk: CompiledTokens, ex: Outcome, ctx: RequestContext, send: Send, refuse: Refuse): MaybePromise<undefined> {
     const entries = tk.logins.get(ctx.path)!;
     if (lockedOut(cfg, ex, ctx, entries[0]!.policy, refuse)) return undefined;
+    const failed = (e: unknown) => endpointFailed(ex, ctx, refuse, e);
     const issue = (entry: LoginEntry, d: Decision): Promise<undefined> => issueToken(tk, entry, d.identity!, deps.now()).then((t) => {
-      if (!t) {
-        logger.error({ msg: 'login allowed an identity with no subject or key id: no token issued', requestId: ctx.id, login: entry.policy.name });
-        ex.code = 'INTERNAL';
-        refuse('INTERNAL', ctx.id);
-        return undefined;
-      }
+      if (!t) return failed(new Error(`${entry.policy.name} allowed an identity with no subject or key id: no token issued`));
       ex.d = d;
       send(200, t.body, { 'content-type': 'application/json', 'cache-control': 'no-store', pragma: 'no-cache' });
       logger.info({ msg: 'token issued', requestId: ctx.id, login: entry.policy.name, subject: t.subject, jti: t.jti, certificateBound: t.bound, expiresIn: entry.ttlSec });
       return undefined;
     }, failed);
-    /** The denial that says most: a credential that was presented and failed, else the first. */
-    const better = (a: Decision | undefined, b: Decision) => (!a || (!a.trace.some((x) => x.verdict === 'deny') && b.trace.some((x) => x.verdict === 'deny')) ? b : a);
     const attempt = (i: number, best: Decision | undefined): MaybePromise<undefined> => {
-      if (i === entries.length) return denied(best!);
+      if (i === entries.length) return endpointDenied(cfg, ex, ctx, refuse, best!);
       const entry = entries[i]!;
       let d: MaybePromise<Decision>;
       try { d = decide(cfg, ctx, deps.now(), { timed, policy: entry.policy }); } catch (e) { return failed(e); }
-      const next = (x: Decision): MaybePromise<undefined> => (x.outcome === 'allow' ? issue(entry, x) : attempt(i + 1, better(best, x)));
+      const next = (x: Decision): MaybePromise<undefined> => (x.outcome === 'allow' ? issue(entry, x) : attempt(i + 1, tellingDenial(best, x)));
       return isPromise(d) ? d.then(next, failed) : next(d);
     };
     return attempt(0, undefined);
+  }
+
+  /** A client certificate for the caller, from the CSR in the body (or a key pair made here). */
+  function certificateEndpoint(req: IncomingMessage, cfg: CompiledConfig, ci: CertificateIssuer, ex: Outcome, ctx: RequestContext, send: Send, refuse: Refuse): MaybePromise<undefined> {
+    if (lockedOut(cfg, ex, ctx, ci.policy, refuse)) return undefined;
+    const failed = (e: unknown) => endpointFailed(ex, ctx, refuse, e);
+    const certify = async (d: Decision): Promise<undefined> => {
+      if (d.outcome !== 'allow') return endpointDenied(cfg, ex, ctx, refuse, d);
+      const subject = d.identity?.subject;
+      if (subject === undefined) return failed(new Error('the caller has no subject to name in a certificate'));
+      const b = await readBody(req, Math.min(cfg.server.maxBodyBytes, 65_536), ex);
+      if (b === 'too-large' || b === 'aborted') { ex.code = 'BODY_TOO_LARGE'; refuse('BODY_TOO_LARGE', ctx.id); return undefined; }
+      let c: IssuedCertificate;
+      try {
+        // Wall time, not the request clock: OpenSSL checks the validity against it at the handshake.
+        c = await issueCertificate(ci, subject, b.toString('latin1'), Date.now());
+      } catch (e) {
+        if (!(e instanceof BadCsr)) return failed(e);
+        logger.info({ msg: 'bad certificate request', requestId: ctx.id, reason: e.message });
+        ex.code = 'BAD_REQUEST';
+        refuse('BAD_REQUEST', ctx.id);
+        return undefined;
+      }
+      ex.d = d;
+      send(200, c.body, { 'content-type': 'application/json', 'cache-control': 'no-store', pragma: 'no-cache' });
+      logger.info({ msg: 'certificate issued', requestId: ctx.id, subject, serial: c.serial, notAfter: c.notAfter, keyMadeHere: c.generatedKey });
+      return undefined;
+    };
+    let d: MaybePromise<Decision>;
+    try { d = decide(cfg, ctx, deps.now(), { timed, policy: ci.policy }); } catch (e) { return failed(e); }
+    return (isPromise(d) ? d.then(certify) : certify(d)).catch(failed);
   }
 
   function admitted(req: IncomingMessage, cfg: CompiledConfig, ctx: RequestContext, d: Decision, body: Buffer | undefined): Admitted {

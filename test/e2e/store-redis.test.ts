@@ -3,7 +3,7 @@
 // replica is a replay at another; the store going away refuses signed requests with
 // 503 and forwards nothing; it is used again when it comes back; `explain` never
 // touches it; workers: 2 share it.
-import t from 'tap';
+import t, { type Test } from 'tap';
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { mkdtempSync, writeFileSync } from 'node:fs';
@@ -39,6 +39,29 @@ async function stopRedis(p: ChildProcess): Promise<void> {
   p.kill('SIGKILL');
   await gone;
 }
+
+/** The test's own client of the throwaway server, to look at what Portcullis stored. */
+async function connectDirect(t: Test, port: number): Promise<Redis> {
+  const direct = new Redis({ port, host: '127.0.0.1', password: PASSWORD, lazyConnect: true, maxRetriesPerRequest: 1 });
+  direct.on('error', () => { /* while the server is stopped on purpose */ });
+  await direct.connect();
+  t.teardown(() => direct.disconnect());
+  return direct;
+}
+
+/** One API key `key` on /api/** (plus `policyExtra` lines), `extra` top-level YAML, and the store. */
+const keyedConfig = (key: string, redisPort: number, keyPrefix: string, o: { policyExtra?: string; extra?: string; server?: string } = {}) => baseConfig(`
+authenticators:
+  keys:
+    type: apiKey
+    keys: [ { id: k1, hash: "sha256:${createHash('sha256').update(key).digest('hex')}", subject: svc } ]
+policies:
+  - name: api
+    match: { paths: ["/api/**"] }
+    authenticate: keys
+${o.policyExtra ?? ''}${o.extra ?? ''}
+store: { type: redis, url: "redis://:\${env:PORTCULLIS_TEST_REDIS_PASSWORD}@127.0.0.1:${redisPort}/0", keyPrefix: "${keyPrefix}", timeoutMs: 300 }
+`, o.server);
 
 const config = (redisPort: number) => baseConfig(`
 authenticators:
@@ -80,10 +103,7 @@ t.test('store: redis', async (t) => {
   const redisPort = await freePort();
   let redis = await startRedis(redisPort);
   t.teardown(() => stopRedis(redis));
-  const direct = new Redis({ port: redisPort, host: '127.0.0.1', password: PASSWORD, lazyConnect: true, maxRetriesPerRequest: 1 });
-  direct.on('error', () => { /* while the server is stopped on purpose */ });
-  await direct.connect();
-  t.teardown(() => direct.disconnect());
+  const direct = await connectDirect(t, redisPort);
 
   const a: Harness = await startHarness(fx, config(redisPort));
   const b: Harness = await startHarness(fx, config(redisPort));
@@ -262,24 +282,10 @@ t.test('lockout with store: redis counts failures across replicas and locks the 
   const redisPort = await freePort();
   let redis = await startRedis(redisPort);
   t.teardown(() => stopRedis(redis));
-  const direct = new Redis({ port: redisPort, host: '127.0.0.1', password: PASSWORD, lazyConnect: true, maxRetriesPerRequest: 1 });
-  direct.on('error', () => { /* while the server is stopped on purpose */ });
-  await direct.connect();
-  t.teardown(() => direct.disconnect());
+  const direct = await connectDirect(t, redisPort);
 
   const KEY = 'kapi_prod_sharedlockoutsharedlockout12';
-  const yaml = baseConfig(`
-authenticators:
-  keys:
-    type: apiKey
-    keys: [ { id: k1, hash: "sha256:${createHash('sha256').update(KEY).digest('hex')}", subject: svc } ]
-policies:
-  - name: api
-    match: { paths: ["/api/**"] }
-    authenticate: keys
-lockout: { failures: 3, windowSec: 60, lockSec: 2 }
-store: { type: redis, url: "redis://:\${env:PORTCULLIS_TEST_REDIS_PASSWORD}@127.0.0.1:${redisPort}/0", keyPrefix: "pc-lock:", timeoutMs: 300 }
-`, '  trustedProxies: [127.0.0.1/32]');
+  const yaml = keyedConfig(KEY, redisPort, 'pc-lock:', { extra: 'lockout: { failures: 3, windowSec: 60, lockSec: 2 }', server: '  trustedProxies: [127.0.0.1/32]' });
   const a = await startHarness(fx, yaml);
   const b = await startHarness(fx, yaml);
   t.teardown(() => Promise.all([a.close(), b.close()]));
@@ -354,18 +360,7 @@ t.test('rateLimit with store: redis: one budget per caller across replicas', asy
   let redis = await startRedis(redisPort);
   t.teardown(() => stopRedis(redis));
   const KEY = 'kapi_prod_sharedratelimitsharedratelimit1';
-  const yaml = baseConfig(`
-authenticators:
-  keys:
-    type: apiKey
-    keys: [ { id: k1, hash: "sha256:${createHash('sha256').update(KEY).digest('hex')}", subject: svc } ]
-policies:
-  - name: api
-    match: { paths: ["/api/**"] }
-    authenticate: keys
-    rateLimit: { requests: 3, perSec: 3600 }
-store: { type: redis, url: "redis://:\${env:PORTCULLIS_TEST_REDIS_PASSWORD}@127.0.0.1:${redisPort}/0", keyPrefix: "pc-rl:", timeoutMs: 300 }
-`);
+  const yaml = keyedConfig(KEY, redisPort, 'pc-rl:', { policyExtra: '    rateLimit: { requests: 3, perSec: 3600 }\n' });
   const a = await startHarness(fx, yaml);
   const b = await startHarness(fx, yaml);
   t.teardown(() => Promise.all([a.close(), b.close()]));

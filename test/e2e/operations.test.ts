@@ -7,10 +7,11 @@ import tls from 'node:tls';
 import { spawn, spawnSync } from 'node:child_process';
 import { readFileSync, writeFileSync, mkdirSync, symlinkSync, renameSync, mkdtempSync } from 'node:fs';
 import { join } from 'node:path';
-import { X509Certificate } from 'node:crypto';
+import { X509Certificate, createHash } from 'node:crypto';
 import { makeFixture } from '../helpers/pki.ts';
 import { startHarness, request, client, baseConfig, listenUpstream, OPEN_AND_CERT_POLICIES, freePort, until } from '../helpers/harness.ts';
 import { parseProm, value } from '../helpers/prom.ts';
+import { seed004 } from '../helpers/signing.ts';
 import { issue } from '../../src/tls/pki.ts';
 
 const fx = makeFixture();
@@ -154,6 +155,118 @@ t.test('reload storm: 100 writes in a second are debounced into few reloads, the
   t.ok(reloads >= 1 && reloads <= 5, `${reloads} reloads for 100 writes`);
   t.equal(value(m.samples, 'portcullis_config_reloads_total', { result: 'failure' }) ?? 0, 0, 'no half-written file was ever loaded');
   t.equal((await request(h, fx, { path: '/storm-99/x' })).status, 200);
+});
+
+// Catalogue CFG-06 (ghostunnel test-server-reload-under-load): six keep-alive clients send
+// requests without pause while the config is reloaded back and forth, three with an API key
+// and three with seed 004's signed POST (whose body is read before the verdict). The two
+// versions name the subject header differently and give each caller a different subject, so
+// a request judged half by one and half by the other would show at the upstream. Two requests
+// straddle a reload: one held by the upstream, and a signed POST whose body is still arriving.
+t.test('reload under load: every request judged by one whole config, in-flight ones finish under theirs, no connection dropped', async (t) => {
+  const KEY = 'reload-under-load-key-0123456789';
+  const SECRET = 'reload-under-load-hmac-secret-0123456789';
+  const seen: { url: string; v1?: string; v2?: string; id: string; body: string }[] = [];
+  let releaseSlow!: () => void;
+  const slowHeld = new Promise<void>((r) => { releaseSlow = r; });
+  const upstreamHandler: import('node:http').RequestListener = (req, res) => {
+    let body = '';
+    req.on('data', (d) => { body += d; });
+    req.on('end', () => {
+      seen.push({ url: req.url!, v1: req.headers['x-auth-user-id'] as string | undefined, v2: req.headers['x-subject-v2'] as string | undefined, id: String(req.headers['x-request-id']), body });
+      if (req.url === '/api/slow') void slowHeld.then(() => res.end('slow done'));
+      else res.end('ok');
+    });
+  };
+  const version = (v: 1 | 2) => baseConfig(`
+identity:
+  headers: { subject: ${v === 1 ? 'X-Auth-User-ID' : 'X-Subject-V2'} }
+authenticators:
+  keys:
+    type: apiKey
+    from: { header: X-API-Key }
+    keys: [ { id: k, hash: "sha256:${createHash('sha256').update(KEY).digest('hex')}", subject: alice-v${v} } ]
+  partner:
+    type: hmac
+    clients: [ { id: partner-a, secret: "${SECRET}", subject: partner-v${v} } ]
+policies:
+  - name: api-v${v}
+    match: { paths: ["/api/**"] }
+    authenticate: keys
+  - name: signed-v${v}
+    match: { paths: ["/signed/**"] }
+    authenticate: partner
+`).replace('timeoutMs: 1000', 'timeoutMs: 20000').replaceAll('{{PKI}}', fx.dir);
+  const h = await startHarness(fx, version(1), { upstreamHandler });
+  t.teardown(() => h.close());
+  const agent = new https.Agent({ keepAlive: true, maxSockets: 6, ca: fx.ca.certPem, servername: 'a.test', checkServerIdentity: () => undefined });
+  t.teardown(() => agent.destroy());
+  let fresh = 0;
+  const failures: string[] = [];
+  /** A request; a signed one sends its body in `parts`, awaiting each promise between them. */
+  const send = (path: string, o: { agent?: https.Agent | false; signed?: boolean; between?: Promise<unknown> } = {}) => new Promise<{ status: number; body: string }>((resolve) => {
+    const a = o.agent ?? agent;
+    const payload = { path, pad: 'x'.repeat(200) };
+    const sig = o.signed ? seed004(SECRET, 'POST', path, payload) : undefined;
+    const req = https.request({
+      host: '127.0.0.1', port: h.port, path, agent: a, method: sig ? 'POST' : 'GET', servername: 'a.test', ca: fx.ca.certPem, checkServerIdentity: () => undefined,
+      headers: { host: 'a.test', ...(sig ? { ...sig.headers, 'content-length': String(Buffer.byteLength(sig.payload)) } : { 'x-api-key': KEY }) },
+    }, (res) => {
+      let body = '';
+      res.on('data', (d) => { body += d; });
+      res.on('end', () => resolve({ status: res.statusCode!, body }));
+    });
+    req.on('socket', () => { if (a && !req.reusedSocket) fresh++; });
+    req.on('error', (e) => { failures.push(`${path}: ${e.message}`); resolve({ status: 0, body: '' }); });
+    if (!sig) { req.end(); return; }
+    const half = sig.payload.length >> 1;
+    req.write(sig.payload.slice(0, half));
+    void (o.between ?? Promise.resolve()).then(() => req.end(sig.payload.slice(half)));
+  });
+
+  const reloaded = () => h.logs.filter((l) => l.msg === 'config reloaded').length;
+  const firstReload = until('the first reload', () => reloaded() >= 1, 15_000);
+  const slow = send('/api/slow', { agent: false });
+  const straddling = send('/signed/straddling', { agent: false, signed: true, between: firstReload.then(() => new Promise((r) => setTimeout(r, 50))) });
+  await until('the slow request reaches the upstream', () => seen.some((s) => s.url === '/api/slow'));
+  await new Promise((r) => setTimeout(r, 100)); // the straddling request's head and half its body are in
+  let stop = false;
+  const statuses = new Map<number, number>();
+  const loops = Array.from({ length: 6 }, async (_, i) => {
+    for (let n = 0; !stop; n++) {
+      const r = await send(`/${i < 3 ? 'api' : 'signed'}/c${i}/${n}`, { signed: i >= 3 });
+      statuses.set(r.status, (statuses.get(r.status) ?? 0) + 1);
+    }
+  });
+  for (let i = 0; i < 8; i++) {
+    const before = reloaded();
+    writeFileSync(h.configFile, version(i % 2 === 0 ? 2 : 1).replaceAll('{{UPSTREAM}}', `http://127.0.0.1:${h.upstreamPort}`));
+    await until(`reload ${i + 1}`, () => reloaded() > before);
+    await new Promise((r) => setTimeout(r, 100)); // requests under this version
+    if (i === 0) releaseSlow(); // the slow request ends under version 2
+  }
+  stop = true;
+  await Promise.all(loops);
+  const [s, st] = [await slow, await straddling];
+
+  t.same(failures, [], 'no request failed or lost its connection');
+  t.same([...statuses.keys()], [200], `every request served (${[...statuses.values()][0]} requests over 8 reloads)`);
+  t.ok(fresh <= 6, `${fresh} connections opened for 6 clients: none was closed by a reload`);
+  const subject = (r: { url: string }, v: number) => `${r.url.startsWith('/signed/') ? 'partner' : 'alice'}-v${v}`;
+  const mixed = seen.filter((r) => !((r.v1 === subject(r, 1) && r.v2 === undefined) || (r.v2 === subject(r, 2) && r.v1 === undefined)));
+  t.same(mixed, [], 'each upstream request carries one version\'s header with that version\'s subject');
+  const version_ = new Map(seen.map((r) => [r.id, r.v1 ? 1 : 2]));
+  const access = h.logs.filter((l) => l.msg === 'access' && version_.has(l.requestId));
+  t.equal(access.length, seen.length, 'one access line per forwarded request');
+  t.same(access.filter((l) => !l.policy.endsWith(`-v${version_.get(l.requestId)}`)).map((l) => [l.requestId, l.policy]), [], 'each logged under the policy of the config that judged it');
+  for (const kind of ['/api/', '/signed/']) t.ok([1, 2].every((v) => seen.filter((r) => r.url.startsWith(kind) && version_.get(r.id) === v).length > 3), `${kind} requests served under both versions`);
+  t.same([s.status, s.body], [200, 'slow done'], 'the request held by the upstream across the reloads completed');
+  const logged = (url: string) => h.logs.find((l) => l.msg === 'access' && l.requestId === seen.find((r) => r.url === url)?.id)?.policy;
+  t.equal(logged('/api/slow'), 'api-v1', 'and is logged under the config it started with');
+  t.equal(st.status, 200, 'the signed POST whose body arrived across a reload was served');
+  const sr = seen.find((r) => r.url === '/signed/straddling')!;
+  t.same([sr.v1, sr.v2, logged('/signed/straddling')], ['partner-v1', undefined, 'signed-v1'], 'judged wholly by the config its head arrived under');
+  t.ok(sr.body.includes('"path": "/signed/straddling"'), 'with its whole body forwarded');
 });
 
 function serverSerial(port: number): Promise<string> {

@@ -124,3 +124,50 @@ t.test('nonce store: replays refused; when full of live nonces it refuses rather
   t.equal(s.remember('d', 3000, 1001), 'fresh', 'once the window passed, room again');
   t.equal(s.remember('a', 3000, 1002), 'fresh', 'an expired nonce may be used again (its timestamp would be outside the window anyway)');
 });
+
+// Catalogue HMAC-03: the signature is compared with crypto.timingSafeEqual over the decoded
+// bytes, and a signature of the wrong length is refused without any byte comparison. The
+// module is loaded with node:crypto whose timingSafeEqual records its arguments before it
+// compares; everything else (the HMAC itself included) is the real node:crypto. How long a
+// refusal takes is measured by `npm run bench:timing`, not asserted here.
+t.test('signatures are compared in constant time: timingSafeEqual over equal lengths, no compare for a wrong length', async (t) => {
+  const crypto = await import('node:crypto');
+  const calls: [number, number][] = [];
+  const timingSafeEqual = (a: NodeJS.ArrayBufferView, b: NodeJS.ArrayBufferView) => { calls.push([a.byteLength, b.byteLength]); return crypto.timingSafeEqual(a, b); };
+  const { hmac } = await t.mockImport<typeof import('../../src/authenticators/hmac.ts')>('../../src/authenticators/hmac.ts', { 'node:crypto': t.createMock(crypto, { timingSafeEqual }) });
+  const secret = 'constant-time-test-secret-0123456789abcdef';
+  const sha = (s: string) => crypto.createHmac('sha256', secret).update(s).digest();
+  const ctx = { name: 'sig', clientAuth: false, runtime: new Runtime(), store: { type: 'memory' as const }, resolvePath: (p: string) => p, readFile: () => '' };
+  const simple = hmac.create(hmac.schema.parse({ type: 'hmac', clients: [{ id: 'p', secret, subject: 'p' }], message: ['method', 'path', 'timestamp'], requireNonce: false }), ctx);
+  const ts = String(NOW / 1000);
+  const req = (sig: string): AuthRequest => ({
+    conn: { remoteAddress: '127.0.0.1', remotePort: 1, resumed: false, clientCert: { present: false, verified: false } },
+    method: 'GET', path: '/x', query: '', authority: 'a.test', clientIp: '127.0.0.1', now: NOW,
+    headers: { 'x-api-key': 'p', 'x-timestamp': ts, 'x-signature': sig },
+  });
+  const good = sha(`GET/x${ts}`).toString('hex');
+  const cases: [string, string, string, [number, number][]][] = [
+    ['the right signature', good, 'allow', [[32, 32]]],
+    ['first byte wrong', (good[0] === 'a' ? 'b' : 'a') + good.slice(1), 'AUTH_001', [[32, 32]]],
+    ['last byte wrong', good.slice(0, -1) + (good.at(-1) === 'a' ? 'b' : 'a'), 'AUTH_001', [[32, 32]]],
+    ['one byte short', good.slice(0, -2), 'AUTH_001', []],
+    ['one byte long', good + '00', 'AUTH_001', []],
+  ];
+  for (const [what, sig, want, compared] of cases) {
+    calls.length = 0;
+    t.equal(code(await simple.verify(req(sig))), want, what);
+    t.same(calls, compared, `${what}: ${compared.length ? 'one timingSafeEqual of the 32-byte MACs' : 'refused on its length, with no byte compared'}`);
+  }
+
+  // RFC 9421 hmac-sha256 (B.2.5's shared secret shape): the same comparator.
+  const rfc = hmac.create(hmac.schema.parse({ type: 'hmac', scheme: 'rfc9421', requiredComponents: ['@method'], clients: [{ id: 'k', secret, subject: 'k' }] }), ctx);
+  const params = `("@method");created=${NOW / 1000};keyid="k"`;
+  const mac = sha(`"@method": GET\n"@signature-params": ${params}`);
+  const rreq = (m: Buffer): AuthRequest => ({ ...req(''), headers: { 'signature-input': `sig1=${params}`, signature: `sig1=:${m.toString('base64')}:` } });
+  calls.length = 0;
+  t.equal(code(await rfc.verify(rreq(mac))), 'allow', 'RFC 9421: the right MAC');
+  const wrong = Buffer.from(mac); wrong[31]! ^= 1;
+  t.equal(code(await rfc.verify(rreq(wrong))), 'AUTH_001', 'RFC 9421: last byte wrong');
+  t.equal(code(await rfc.verify(rreq(mac.subarray(0, 31)))), 'AUTH_001', 'RFC 9421: one byte short');
+  t.same(calls, [[32, 32], [32, 32]], 'RFC 9421: timingSafeEqual for the two full-length MACs, nothing for the short one');
+});

@@ -1,8 +1,9 @@
 // The real `portcullis` binary: check, explain, certs dev, serve (with curl as
-// the client) and its exit codes.
+// the client), the `npm start` demo and its exit codes.
 import t from 'tap';
 import { spawn, spawnSync } from 'node:child_process';
-import { statSync, writeFileSync, mkdtempSync, readFileSync } from 'node:fs';
+import { statSync, writeFileSync, mkdtempSync, readFileSync, cpSync, symlinkSync } from 'node:fs';
+import { createServer } from 'node:net';
 import { join } from 'node:path';
 import { tmpdir } from 'node:os';
 import { makeFixture } from '../helpers/pki.ts';
@@ -158,4 +159,61 @@ t.test('check on the shipped example config prints the policy table (after `cert
   t.match(r.stdout, /2\s+api\s+\*\s+\*\s+\/\*\*\s+any\(spiffe-workloads, client-cert, users-jwt, partner-keys, partner-hmac\)\s+enforce\s+600\/60s per identity/);
   t.match(r.stdout, /^lockout 10 failed credentials from one client IP within 60 s -> 429 for 300 s$/m);
   t.match(r.stdout, /users-jwt\s+jwt\s+api/);
+});
+
+// The README's first command, `npm ci && npm start`, and the curl commands it shows. The demo
+// runs from a copy of the checkout (bin, src, config; node_modules linked), so its first run
+// generates .demo/ there as it would for a new user. Its ports are fixed (8443, 8080, 9901).
+const demoPortsBusy: number[] = [];
+for (const port of [8443, 8080, 9901]) {
+  const free = await new Promise<boolean>((r) => { const s = createServer(); s.once('error', () => r(false)); s.listen(port, '127.0.0.1', () => s.close(() => r(true))); });
+  if (!free) demoPortsBusy.push(port);
+}
+// Outside CI a busy port (an `npm start` running) skips the test; in CI it fails it.
+const demoSkip = demoPortsBusy.length && !process.env.CI ? `the demo's port(s) ${demoPortsBusy.join(', ')} are in use here (an \`npm start\` running?)` : false;
+t.test('npm start: the demo generates its certificates and answers the README\'s curl commands as shown', { skip: demoSkip }, async (t) => {
+  const repo = new URL('../../', import.meta.url).pathname;
+  t.same(demoPortsBusy, [], 'the demo\'s ports are free');
+  const root = mkdtempSync(join(tmpdir(), 'portcullis-demo-'));
+  for (const d of ['bin', 'src', 'config', 'package.json']) cpSync(join(repo, d), join(root, d), { recursive: true });
+  symlinkSync(join(repo, 'node_modules'), join(root, 'node_modules'));
+  // What `npm start` runs (package.json "start"), from the copy.
+  const start = JSON.parse(readFileSync(join(root, 'package.json'), 'utf8')).scripts.start as string;
+  t.equal(start, 'node --max-semi-space-size=16 bin/portcullis.js demo');
+  const child = spawn(process.execPath, ['--max-semi-space-size=16', join(root, 'bin/portcullis.js'), 'demo'], { cwd: root, stdio: ['ignore', 'pipe', 'pipe'] });
+  let out = '';
+  child.stdout.on('data', (d) => { out += d; });
+  child.stderr.on('data', (d) => { out += d; });
+  const exited = new Promise<number | null>((r) => child.once('exit', (c) => r(c)));
+  t.teardown(() => { child.kill('SIGKILL'); });
+  await new Promise<void>((resolve, reject) => {
+    const iv = setInterval(() => { if (out.includes('Portcullis demo: https://localhost:8443')) { clearInterval(iv); resolve(); } }, 50);
+    void exited.then((c) => { clearInterval(iv); reject(new Error(`the demo exited ${c}: ${out}`)); });
+  });
+  t.match(out, /generated dev certificates in .*\.demo/, 'first run: dev certificates generated');
+  // The README's commands, run as written (from the copy's folder, which holds .demo).
+  const curl = (args: string) => new Promise<{ body: string; status: number }>((resolve) => {
+    const c = spawn('sh', ['-c', `curl -s -w '\\n%{http_code}' ${args}`], { cwd: root });
+    let o = '';
+    c.stdout.on('data', (d) => { o += d; });
+    c.once('close', () => { const i = o.lastIndexOf('\n'); resolve({ body: o.slice(0, i), status: Number(o.slice(i + 1)) }); });
+  });
+  const withCert = '--cacert .demo/ca.crt --cert .demo/client.crt --key .demo/client.key';
+  const ok = await curl(`${withCert} https://localhost:8443/api/hello`);
+  t.equal(ok.status, 200, 'certificate verified');
+  const echo = JSON.parse(ok.body);
+  t.equal(echo.url, '/api/hello');
+  t.equal(echo.headers['x-auth-user-id'], 'spiffe://portcullis.dev/client/dev-client', 'the echo shows the identity the README shows');
+  t.equal(echo.headers['x-auth-method'], 'mtls');
+  t.match(echo.headers['x-forwarded-client-cert'], /^Hash=[0-9a-f]{64};Subject="CN=dev-client,OU=dev,O=Portcullis dev";URI=spiffe:\/\/portcullis\.dev\/client\/dev-client$/);
+  const code = async (args: string) => { const r = await curl(args); return [r.status, JSON.parse(r.body).error?.code]; };
+  t.same(await code('--cacert .demo/ca.crt https://localhost:8443/api/hello'), [401, 'AUTH_010'], 'no certificate');
+  t.same(await code(`${withCert} https://localhost:8443/admin/users`), [403, 'AUTH_008'], '/admin allows only ops-*');
+  t.same(await code(`${withCert} https://localhost:8443/other`), [403, 'AUTH_011'], 'no policy matches');
+  const open = await curl('--cacert .demo/ca.crt https://localhost:8443/public/status');
+  t.same([open.status, JSON.parse(open.body).headers['x-auth-user-id']], [200, undefined], 'a public route, no identity');
+  const explain = spawnSync(process.execPath, [join(root, 'bin/portcullis.js'), 'explain', '--config', 'config/demo.yaml', 'GET', 'https://localhost/admin/users', '--cert', '.demo/client.crt'], { cwd: root, encoding: 'utf8', timeout: 30_000 });
+  t.match(explain.stdout, /result\s+DENY 403 AUTH_008/, 'explain gives the same answer offline');
+  child.kill('SIGTERM');
+  t.equal(await exited, 0, 'SIGTERM stops the demo, exit 0');
 });

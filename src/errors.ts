@@ -19,6 +19,7 @@ export const ERRORS = {
   MISDIRECTED: { status: 421, message: 'Host does not match the TLS server name' },
   URI_TOO_LONG: { status: 414, message: 'Request URI too long' },
   CONNECTION_STALE: { status: 421, message: 'Client-certificate trust changed since this connection was made: retry on a new connection' },
+  REQUEST_TIMEOUT: { status: 408, message: 'Request not received in time' },
   HEADERS_TOO_LARGE: { status: 431, message: 'Request headers too large' },
   UPSTREAM_UNAVAILABLE: { status: 502, message: 'Upstream unavailable' },
   NOT_READY: { status: 503, message: 'Service not ready' },

@@ -174,10 +174,7 @@ export class PortcullisServer {
       const http1 = err.code?.startsWith('HPE_') || err.code === 'ERR_HTTP_REQUEST_TIMEOUT';
       // A request timeout while the rest of an answered request is discarded: no second answer.
       if (!http1 || !socket.writable || answered(socket)) { socket.destroy(); return; }
-      const status = err.code === 'HPE_HEADER_OVERFLOW' ? 431 : err.code === 'ERR_HTTP_REQUEST_TIMEOUT' ? 408 : 400;
-      const code = status === 431 ? 'HEADERS_TOO_LARGE' : 'BAD_REQUEST';
-      const body = JSON.stringify({ error: { code, message: status === 431 ? 'Request headers too large' : status === 408 ? 'Request timeout' : 'Malformed request', requestId: 'none' } });
-      socket.end(`HTTP/1.1 ${status} ${http.STATUS_CODES[status]}\r\ncontent-type: application/json\r\ncontent-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\n\r\n${body}`);
+      handler.onParseError(err, socket);
     });
   }
 

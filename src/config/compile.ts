@@ -7,6 +7,7 @@ import type { BlockList } from 'node:net';
 import { ConfigError, type ConfigIssue } from '../errors.ts';
 import type { RawConfig } from './schema.ts';
 import { parseListen } from './schema.ts';
+import { DEFAULTS as D } from './defaults.ts';
 import { AUTHENTICATORS_BY_TYPE } from '../authenticators/registry.ts';
 import type { Authenticator } from '../authenticators/types.ts';
 import { buildTls, type TlsTable } from '../tls/contexts.ts';
@@ -76,8 +77,10 @@ export function compile(raw: RawConfig, opts: CompileOptions): CompiledConfig {
   const resolvePath = (p: string) => resolve(opts.baseDir, p);
 
   const tls = buildTls(raw.tls, resolvePath, now, issues);
-  if (raw.server.maxUriBytes >= raw.server.maxHeaderBytes) {
-    // The request line counts towards the head: a target this long would always be a 431.
+  // The request line counts towards the head: a target as long as the head would always be a
+  // 431. Unset, the limit is 8 KiB, or half the head when maxHeaderBytes is set lower.
+  const maxUriBytes = raw.server.maxUriBytes ?? Math.min(D.server.maxUriBytes, Math.floor(raw.server.maxHeaderBytes / 2));
+  if (maxUriBytes >= raw.server.maxHeaderBytes) {
     issues.push({ path: ['server', 'maxUriBytes'], message: `must be less than server.maxHeaderBytes (${raw.server.maxHeaderBytes}), which the request line counts towards` });
   }
   if (raw.server.workers !== 1 && raw.store.type === 'memory') {
@@ -160,7 +163,7 @@ export function compile(raw: RawConfig, opts: CompileOptions): CompiledConfig {
     loadedAt: now,
     server: Object.freeze({
       host: listen.host, port: listen.port, workers: raw.server.workers,
-      maxHeaderBytes: raw.server.maxHeaderBytes, maxUriBytes: raw.server.maxUriBytes, maxBodyBytes: raw.server.maxBodyBytes, maxConnections: raw.server.maxConnections, maxConnectionsPerIp: raw.server.maxConnectionsPerIp,
+      maxHeaderBytes: raw.server.maxHeaderBytes, maxUriBytes, maxBodyBytes: raw.server.maxBodyBytes, maxConnections: raw.server.maxConnections, maxConnectionsPerIp: raw.server.maxConnectionsPerIp,
       timeouts: Object.freeze({ ...raw.server.timeouts }),
       trustedProxies: blockList(raw.server.trustedProxies), hasTrustedProxies: raw.server.trustedProxies.length > 0,
     }),

@@ -95,8 +95,8 @@ export const configSchema = z.strictObject({
     listen: listenAddress.default(D.server.listen),
     workers: z.union([z.number().int().min(1).max(64), z.literal('auto')]).default(D.server.workers),
     maxHeaderBytes: z.number().int().min(1024).max(1_048_576).default(D.server.maxHeaderBytes),
-    /** The longest request target (path and query) served; a longer one gets 414. Below maxHeaderBytes. */
-    maxUriBytes: z.number().int().min(256).max(1_048_576).default(D.server.maxUriBytes),
+    /** The longest request target (path and query) served; a longer one gets 414. Below maxHeaderBytes; by default 8 KiB, or half of a smaller maxHeaderBytes. */
+    maxUriBytes: z.number().int().min(256).max(1_048_576).optional(),
     maxBodyBytes: z.number().int().min(0).default(D.server.maxBodyBytes),
     maxConnections: z.number().int().min(1).default(D.server.maxConnections),
     /** Connections one client address may hold at once (per worker); 0: no per-address cap. */

@@ -132,7 +132,7 @@ export function createHandler(deps: HandlerDeps) {
     socket.end(`HTTP/1.1 ${status} ${statusText(status)}\r\n${head}\r\n\r\n${body}`);
   }
 
-  function logAccess(cfg: CompiledConfig, ctx: RequestContext | undefined, id: string, method: string | undefined, d: Decision | undefined, code: ErrorCode | undefined, status: number, t0: number, upstreamMs?: number): void {
+  function logAccess(cfg: CompiledConfig, ctx: RequestContext | undefined, id: string, method: string | undefined, d: Decision | undefined, code: ErrorCode | undefined, status: number, t0: number, upstreamMs?: number, peer?: string): void {
     const policy = d?.policy?.name ?? 'none';
     const outcome = code && !d ? 'error' : d?.outcome ?? 'error';
     metrics.countRequest(policy, outcome, code ?? '');
@@ -140,7 +140,7 @@ export function createHandler(deps: HandlerDeps) {
     if (!cfg.logging.access) return;
     logger.info({
       msg: 'access', requestId: id, policy, outcome, code, status, method,
-      path: ctx?.path, host: ctx?.host, clientIp: ctx?.clientIp ?? undefined,
+      path: ctx?.path, host: ctx?.host, clientIp: ctx?.clientIp ?? peer,
       subject: d?.identity?.subject, keyId: d?.identity?.keyId, authenticators: d?.identity?.authenticators,
       durationMs: +(performance.now() - t0).toFixed(3), upstreamMs,
     });
@@ -488,6 +488,8 @@ export function createHandler(deps: HandlerDeps) {
     /** The response is finished or the connection closed: the one place a request is logged and counted. */
     closed(): void {
       inFlight--;
+      const open = exchanging.get(this.req.socket)! - 1;
+      if (open) exchanging.set(this.req.socket, open); else exchanging.delete(this.req.socket);
       const finished = this.res.writableFinished;
       if (!finished) this.cancel?.();
       else if (!this.req.complete && !this.req.readableEnded) linger(this.req);
@@ -500,6 +502,8 @@ export function createHandler(deps: HandlerDeps) {
   }
 
   let inFlight = 0;
+  /** Requests per socket whose exchange has not closed (pipelined ones too): each exchange logs and counts its own. */
+  const exchanging = new WeakMap<object, number>();
 
   /**
    * One request. `expectsContinue`: the server's 'checkContinue' event, a request with
@@ -510,6 +514,7 @@ export function createHandler(deps: HandlerDeps) {
     const cfg = deps.config();
     inFlight++;
     const ex = new Exchange(req, res, cfg, t0, expectsContinue);
+    exchanging.set(req.socket, (exchanging.get(req.socket) ?? 0) + 1);
     res.once('close', () => ex.closed());
     try {
       if (!deps.accepting()) {
@@ -577,6 +582,29 @@ export function createHandler(deps: HandlerDeps) {
     });
   }
 
+  /**
+   * A request head Node's parser refused, so there is no request object: a head over
+   * maxHeaderBytes (431), a malformed head (400), or one not received in time (408). It is
+   * answered, logged (with a request id the client also gets) and counted like any other
+   * refusal. A body too slow for requestMs belongs to a request in progress, which its own
+   * exchange logs and counts: that one only gets its answer here.
+   */
+  function onParseError(err: Error & { code?: string; reason?: string }, socket: Duplex): void {
+    const code: ErrorCode = err.code === 'HPE_HEADER_OVERFLOW' ? 'HEADERS_TOO_LARGE' : err.code === 'ERR_HTTP_REQUEST_TIMEOUT' ? 'REQUEST_TIMEOUT' : 'BAD_REQUEST';
+    if (exchanging.has(socket)) { sendErrorOnSocket(socket, code, 'none'); return; }
+    const t0 = performance.now();
+    const cfg = deps.config();
+    const id = randomUUID();
+    const conn = deps.connection(socket as TLSSocket);
+    const s = cfg.server;
+    const reason = code === 'HEADERS_TOO_LARGE' ? `request head over server.maxHeaderBytes (${s.maxHeaderBytes})`
+      : code === 'REQUEST_TIMEOUT' ? `request head not received within server.timeouts (headersMs ${s.timeouts.headersMs}, requestMs ${s.timeouts.requestMs})`
+      : `malformed request head: ${err.reason ?? err.message} (${err.code})`;
+    logger.info({ msg: 'bad request', requestId: id, code, reason, clientIp: conn.remoteAddress, sni: conn.sni });
+    logAccess(cfg, undefined, id, undefined, undefined, code, ERRORS[code].status, t0, undefined, conn.remoteAddress);
+    sendErrorOnSocket(socket, code, id);
+  }
+
   /** CONNECT asks for a tunnel, which a reverse proxy does not give (catalogue PATH-09). */
   function onConnect(req: IncomingMessage, socket: Duplex): void {
     const t0 = performance.now();
@@ -593,7 +621,7 @@ export function createHandler(deps: HandlerDeps) {
     limiter.share(o.rateLimits, rateLimitFallback);
   };
 
-  return { onRequest, onUpgrade, onConnect, sendError, shareStore, inFlight: () => inFlight };
+  return { onRequest, onUpgrade, onConnect, onParseError, sendError, shareStore, inFlight: () => inFlight };
 }
 
 function statusText(status: number): string {

@@ -9,7 +9,7 @@ import { readFileSync, writeFileSync, mkdirSync, symlinkSync, renameSync, mkdtem
 import { join } from 'node:path';
 import { X509Certificate, createHash } from 'node:crypto';
 import { makeFixture } from '../helpers/pki.ts';
-import { startHarness, request, client, baseConfig, listenUpstream, OPEN_AND_CERT_POLICIES, freePort, until } from '../helpers/harness.ts';
+import { startHarness, request, client, baseConfig, listenUpstream, OPEN_AND_CERT_POLICIES, freePort, until, rawTls } from '../helpers/harness.ts';
 import { parseProm, value } from '../helpers/prom.ts';
 import { seed004 } from '../helpers/signing.ts';
 import { issue } from '../../src/tls/pki.ts';
@@ -74,6 +74,75 @@ t.test('/metrics: Prometheus text with counters that move, bounded labels', asyn
   const ready = await fetch(`http://127.0.0.1:${h.adminPort}/readyz`);
   t.equal(ready.status, 200);
   t.equal((await fetch(`http://127.0.0.1:${h.adminPort}/healthz`)).status, 200);
+});
+
+// Catalogue MET-03: exactly one count per request and outcome, under faults too. A batch of
+// requests with known outcomes (allowed, each kind of denial, upstream timeout and reset, a
+// client that left, and heads Node's parser refuses before there is a request) moves
+// requests_total by exactly what was sent, and every one has its access line.
+t.test('metrics under faults: one count per request and outcome, parser refusals included', async (t) => {
+  const h = await startHarness(fx, baseConfig(policies(), '  maxHeaderBytes: 4096\n  timeouts: { headersMs: 400 }'), {
+    upstreamHandler: (req, res) => {
+      req.resume();
+      if (req.url === '/api/slow') { setTimeout(() => { if (!res.destroyed) res.end('late'); }, 1500); return; }
+      if (req.url === '/api/reset') { req.socket.destroy(); return; }
+      if (req.url === '/api/hang') return;
+      res.end('ok');
+    },
+  });
+  t.teardown(() => h.close());
+  const scrape = async () => parseProm(await (await fetch(`http://127.0.0.1:${h.adminPort}/metrics`)).text()).samples;
+  const count = (samples: Awaited<ReturnType<typeof scrape>>, name: string) => new Map(samples.filter((s) => s.name === name).map((s) => [JSON.stringify(s.labels), s.value]));
+  const before = await scrape();
+  const c = client(fx, 'valid');
+  const st = (o: Parameters<typeof request>[2]) => request(h, fx, o).then((r) => [r.status, r.json?.error?.code ?? '', r.json?.error?.requestId], (e: Error) => [e.message]);
+  const results = [
+    await st({ path: '/api/ok', ...c }), await st({ path: '/api/ok', ...c }), await st({ path: '/open/x' }),
+    await st({ path: '/api/ok' }), await st({ path: '/api/ok', ...client(fx, 'expired') }), await st({ path: '/nowhere' }),
+    await st({ path: '/api/slow', ...c }), await st({ path: '/api/reset', ...c }),
+    await st({ path: '/api/hang', ...c, onSocket: (s) => { setTimeout(() => s.destroy(), 200); } }),
+    await st({ path: '/api/%00', ...c }),
+    await st({ path: '/api/ok', ...c, headers: { 'x-big': 'a'.repeat(5000) } }),
+  ];
+  const raw = [
+    await rawTls(h, fx, 'GET /api/ok HTTP/1.1\r\nHost: a.test\r\nBad Header: x\r\n\r\n', c),
+    await rawTls(h, fx, 'GET /api/ok HTTP/1.1\r\nHost: a.test\r\nX-Slow: ', { ...c, waitMs: 3000 }),
+  ];
+  t.same(results.map((r) => r.slice(0, 2)), [
+    [200, ''], [200, ''], [200, ''], [401, 'AUTH_010'], [401, 'AUTH_002'], [403, 'AUTH_011'],
+    [504, 'UPSTREAM_TIMEOUT'], [502, 'UPSTREAM_UNAVAILABLE'], ['socket hang up'], [400, 'BAD_REQUEST'], [431, 'HEADERS_TOO_LARGE'],
+  ], 'what the clients saw');
+  t.match(raw[0], /^HTTP\/1\.1 400 Bad Request\r\n[^]*"code":"BAD_REQUEST"/, 'a malformed header line: 400');
+  t.match(raw[1], /^HTTP\/1\.1 408 Request Timeout\r\n[^]*"code":"REQUEST_TIMEOUT"/, 'a head not finished within headersMs: 408 REQUEST_TIMEOUT');
+  await until('every access line', () => h.logs.filter((l) => l.msg === 'access').length >= 13);
+  const after = await scrape();
+
+  const moved = new Map<string, number>();
+  for (const [k, v] of count(after, 'portcullis_requests_total')) { const d = v - (count(before, 'portcullis_requests_total').get(k) ?? 0); if (d) moved.set(k, d); }
+  const key = (policy: string, outcome: string, code: string) => JSON.stringify({ policy, outcome, code });
+  t.same(Object.fromEntries(moved), Object.fromEntries([
+    [key('api', 'allow', ''), 3], // two served, one whose client left (499 in its access line)
+    [key('open', 'allow', ''), 1],
+    [key('api', 'deny', 'AUTH_010'), 1], [key('api', 'deny', 'AUTH_002'), 1], [key('none', 'deny', 'AUTH_011'), 1],
+    [key('api', 'allow', 'UPSTREAM_TIMEOUT'), 1], [key('api', 'allow', 'UPSTREAM_UNAVAILABLE'), 1],
+    [key('none', 'error', 'BAD_REQUEST'), 2], [key('none', 'error', 'HEADERS_TOO_LARGE'), 1], [key('none', 'error', 'REQUEST_TIMEOUT'), 1],
+  ]), 'requests_total moved by exactly one per request, by outcome and code');
+  const total = [...moved.values()].reduce((a, b) => a + b, 0);
+  t.equal(total, results.length + raw.length, `${total} counts for ${results.length + raw.length} requests`);
+  const durations = [...count(after, 'portcullis_request_duration_seconds_count').entries()].reduce((a, [k, v]) => a + v - (count(before, 'portcullis_request_duration_seconds_count').get(k) ?? 0), 0);
+  t.equal(durations, total, 'request_duration_seconds observed once per request');
+  t.same(Object.fromEntries(count(after, 'portcullis_upstream_errors_total')), { [JSON.stringify({ reason: 'timeout' })]: 1, [JSON.stringify({ reason: 'reset' })]: 1 }, 'upstream errors by reason');
+  const access = h.logs.filter((l) => l.msg === 'access');
+  t.equal(access.length, total, 'one access line per request');
+  t.same(access.filter((l) => l.path === '/api/hang').map((l) => l.status), [499], 'the client that left: 499');
+  // A refusal before there was a request names itself to the client and in the log.
+  const big = results[10]![2] as string;
+  t.match(big, /^[0-9a-f-]{36}$/, 'the 431 carries a request id');
+  const bad = h.logs.find((l) => l.msg === 'bad request' && l.requestId === big);
+  t.match(bad, { code: 'HEADERS_TOO_LARGE', reason: 'request head over server.maxHeaderBytes (4096)', clientIp: '127.0.0.1' }, 'logged with the reason and the address');
+  t.match(access.find((l) => l.requestId === big), { status: 431, code: 'HEADERS_TOO_LARGE', policy: 'none', clientIp: '127.0.0.1' });
+  t.match(h.logs.find((l) => l.msg === 'bad request' && l.code === 'BAD_REQUEST' && /malformed request head/.test(l.reason))?.reason, /^malformed request head: .+ \(HPE_/, 'the parser\'s reason for a malformed head');
+  t.notMatch(JSON.stringify(h.logs), /aaaaaaaaaa/, 'the refused header\'s value is not logged');
 });
 
 t.test('logs: one access line per request, an audit line per denial, startup line', async (t) => {

@@ -133,6 +133,13 @@ t.test('error classes, each with position and path', async (t) => {
   }
 });
 
+t.test('server.maxUriBytes follows a smaller maxHeaderBytes unless it is set', async (t) => {
+  const loaded = (extra: string) => { const f = join(dir, 'uri.yaml'); writeFileSync(f, good.replace('  listen: 127.0.0.1:8443', `  listen: 127.0.0.1:8443\n${extra}`)); return loadConfig(f).server; };
+  t.same([loaded('  maxHeaderBytes: 16384').maxUriBytes, loaded('  maxHeaderBytes: 65536').maxUriBytes], [8192, 8192], 'default 8 KiB');
+  t.equal(loaded('  maxHeaderBytes: 4096').maxUriBytes, 2048, 'half of a head limit under 16 KiB: lowering maxHeaderBytes alone loads');
+  t.equal(loaded('  maxHeaderBytes: 4096\n  maxUriBytes: 3000').maxUriBytes, 3000, 'set: as set');
+});
+
 t.test('hmac with several workers is accepted once nonces live in a shared store', async (t) => {
   const several = good.replace('  listen: 127.0.0.1:8443', '  listen: 127.0.0.1:8443\n  workers: auto').replace('  cert: { type: mtls }', '  cert: { type: mtls }\n  sig: { type: hmac, clients: [ { id: a, secret: "0123456789abcdef0123456789abcdef", subject: a } ] }');
   t.match(errorsOf(several).join(' | '), /hmac nonces need state shared between workers: with server\.workers other than 1, use store: \{ type: redis/, 'store: memory (the default): refused');

@@ -232,7 +232,8 @@ export async function main(argv: string[]): Promise<number> {
   } catch (e) {
     if (e instanceof UsageError) { err(`portcullis: ${e.message}\n\n${USAGE}`); return 2; }
     if (e instanceof ConfigError) { for (const l of e.message.split('\n')) err(l); return 1; }
-    if ((e as NodeJS.ErrnoException).code === 'EADDRINUSE') { err(`portcullis: ${(e as Error).message}`); return 1; }
+    // A file or socket the command was told to use cannot be used (EADDRINUSE, EACCES, ENOENT, ...).
+    if ((e as NodeJS.ErrnoException).syscall) { err(`portcullis: ${(e as Error).message}`); return 1; }
     throw e;
   }
 }

@@ -1,8 +1,8 @@
 // Certificates and CRLs for development and tests (`portcullis certs dev`).
 // Keys come from Node's crypto (fast); node-forge builds and signs the X.509.
 import { generateKeyPairSync, randomBytes } from 'node:crypto';
-import { mkdirSync, writeFileSync, chmodSync } from 'node:fs';
-import { join } from 'node:path';
+import { mkdirSync, writeFileSync, chmodSync, existsSync } from 'node:fs';
+import { join, dirname, resolve } from 'node:path';
 import forge from 'node-forge';
 import { toPem } from './asn1.ts';
 
@@ -115,8 +115,21 @@ export function makeCrl(ca: Issued, revokedSerials: string[], opts: { thisUpdate
 export interface DevPki { dir: string; files: Record<string, string> }
 
 /** `portcullis certs dev`: a CA, a server certificate for the hosts, a client certificate, an empty CRL. */
+/**
+ * `mkdir -p`, one level at a time. Node's `recursive: true` spins for ever where mkdir answers
+ * ENOENT under a parent that exists (anything under /proc or /sys); this throws that ENOENT.
+ */
+function makeDirs(dir: string): void {
+  const missing: string[] = [];
+  for (let d = resolve(dir); !existsSync(d); d = dirname(d)) {
+    missing.unshift(d);
+    if (dirname(d) === d) break;
+  }
+  for (const d of missing) mkdirSync(d);
+}
+
 export function writeDevPki(dir: string, hosts: string[]): DevPki {
-  mkdirSync(dir, { recursive: true });
+  makeDirs(dir);
   const ca = issue({ cn: 'Portcullis Dev CA', o: 'Portcullis dev', ca: true, notAfter: new Date(Date.now() + 3650 * DAY) });
   const dns = hosts.filter((h) => !/^[\d.]+$|:/.test(h));
   const ips = hosts.filter((h) => /^[\d.]+$|:/.test(h));

@@ -101,6 +101,23 @@ t.test('certs dev writes a usable PKI with private keys mode 0600', async (t) =>
   t.match(crl.stderr + crl.stdout, /verify OK/, 'openssl verifies the CRL signature');
 });
 
+t.test('certs dev into a folder it cannot make: exit 1 with the reason, never a hang or a stack trace', async (t) => {
+  writeFileSync(join(dir, 'a-file'), '');
+  const cases: [string, RegExp][] = [
+    [join(dir, 'a-file', 'out'), /^portcullis: ENOTDIR: not a directory, mkdir '.*a-file\/out'\n$/],
+    // procfs answers ENOENT for a child of an existing folder: Node's recursive mkdir spins on it.
+    ['/proc/portcullis-test/out', /^portcullis: ENOENT: no such file or directory, mkdir '\/proc\/portcullis-test'\n$/],
+  ];
+  for (const [out, want] of cases) {
+    const r = run(['certs', 'dev', '--out', out]);
+    t.equal(r.status, 1, `${out}: exit 1${r.error ? ` (${r.error.message})` : ''}`);
+    t.match(r.stderr, want, `${out}: the reason, and no stack`);
+  }
+  const nested = join(dir, 'new', 'a', 'b');
+  t.equal(run(['certs', 'dev', '--out', nested]).status, 0, 'missing parent folders are made');
+  t.ok(statSync(join(nested, 'ca.crt')).isFile());
+});
+
 t.test('serve: curl with a client certificate gets through; SIGTERM drains and exits 0', async (t) => {
   const up = await listenUpstream();
   t.teardown(() => { up.server.closeAllConnections(); up.server.close(); });

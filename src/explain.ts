@@ -2,7 +2,7 @@
 // the same context, decision and header stages as live traffic, without a network.
 import { tellingDenial } from './tokens.ts';
 import { isIP } from 'node:net';
-import type { IncomingHttpHeaders } from 'node:http';
+import { METHODS, type IncomingHttpHeaders } from 'node:http';
 import type { CompiledConfig } from './config/compile.ts';
 import { ERRORS } from './errors.ts';
 import { buildContext, type RequestContext } from './pipeline/context.ts';
@@ -47,7 +47,11 @@ export async function explain(cfg: CompiledConfig, input: ExplainInput, now = Da
   const ip = input.ip ?? '127.0.0.1';
   if (!isIP(ip)) return { error: `--ip ${ip}: not an IP address` };
   const conn: ConnectionInfo = { remoteAddress: ip, remotePort: 0, sni, resumed: false, clientCert };
-  const c = buildContext({ method: input.method.toUpperCase(), url: m[2] || '/', headers, rawHeaders }, conn, cfg);
+  const method = input.method.toUpperCase();
+  // Node's HTTP parser knows a fixed set of methods; the server answers any other with 400.
+  if (!METHODS.includes(method)) return { input, sni, conn, early: { code: 'BAD_REQUEST', status: 400, reason: `${method} is not an HTTP method the server's parser accepts (node:http METHODS)` } };
+  if (method === 'CONNECT') return { input, sni, conn, early: { code: 'BAD_REQUEST', status: 400, reason: 'CONNECT is not served: Portcullis is a reverse proxy, not a tunnel' } };
+  const c = buildContext({ method, url: m[2] || '/', headers, rawHeaders }, conn, cfg);
   if (!c.ok) return { input, sni, conn, early: { code: c.code, status: ERRORS[c.code].status, reason: c.reason } };
   const tk = cfg.tokens;
   if (tk?.paths.has(c.ctx.path)) {

@@ -88,6 +88,13 @@ t.test('explain: the decision trace and the headers the upstream would get, with
   t.match(r.stdout, /DENY 403 AUTH_011/);
   r = run(['explain', '--config', f, 'GET', 'https://a.test/public/../api/x', '-H', 'Host: b.test']);
   t.match(r.stdout, /result\s+421 MISDIRECTED/);
+  // As the server answers: a method Node's parser does not know, and CONNECT, are 400 before any policy.
+  r = run(['explain', '--config', f, 'FOO', 'https://a.test/api/x', '--cert', fx.path('client-valid.crt')]);
+  t.match(r.stdout, /result\s+400 BAD_REQUEST: FOO is not an HTTP method/);
+  r = run(['explain', '--config', f, 'connect', 'https://a.test/api/x']);
+  t.match(r.stdout, /result\s+400 BAD_REQUEST: CONNECT is not served/);
+  r = run(['explain', '--config', f, 'propfind', 'https://a.test/api/x', '--cert', fx.path('client-valid.crt')]);
+  t.match(r.stdout, /request\s+PROPFIND [^]*result\s+ALLOW/, 'a WebDAV method the parser knows is judged by the policies');
 });
 
 t.test('certs dev writes a usable PKI with private keys mode 0600', async (t) => {

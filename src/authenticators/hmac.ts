@@ -47,6 +47,12 @@ const schema = z.strictObject({
   timestampFormat: z.enum(['seconds', 'milliseconds', 'rfc3339']).default('seconds'),
   /** Default: true for simple, false for rfc9421 (whose nonce is an optional parameter). */
   requireNonce: z.boolean().optional(),
+  /**
+   * A regular expression the whole nonce must match, e.g. "[0-9a-f]{32}" for seed 004's
+   * `os.urandom(16).hex()`. With `separator: ""` it fixes where the nonce ends and the next
+   * part begins, which the signature alone does not (catalogue HMAC-04).
+   */
+  noncePattern: z.string().min(1).optional(),
   // scheme: rfc9421
   requiredComponents: z.array(z.string().min(1)).default(['@method', '@authority', '@path']),
   label: z.string().min(1).optional(),
@@ -125,6 +131,17 @@ export const hmac = defineAuthenticator({
   create(cfg, ctx) {
     const base = ['authenticators', ctx.name];
     const clients = loadClients(cfg, ctx.readFile, base);
+    let noncePattern: RegExp | undefined;
+    try {
+      noncePattern = cfg.noncePattern === undefined ? undefined : new RegExp(`^(?:${cfg.noncePattern})$`, 'u');
+    } catch (e) {
+      throw new ConfigError([{ path: [...base, 'noncePattern'], message: `not a regular expression: ${(e as Error).message}` }]);
+    }
+    // The pattern is the operator's; the nonce is bounded before it is tested.
+    const nonceMismatch = (nonce: string | undefined): Verdict | undefined =>
+      nonce === undefined || !noncePattern ? undefined
+        : nonce.length > 128 ? deny('AUTH_003', 'nonce longer than 128 characters')
+        : noncePattern.test(nonce) ? undefined : deny('AUTH_003', `nonce does not match noncePattern ${cfg.noncePattern}`);
     const skewMs = cfg.maxSkewSec * 1000;
     const rt = ctx.runtime;
     // The same settings after a reload keep the same nonce memory. With store: redis the
@@ -182,6 +199,8 @@ export const hmac = defineAuthenticator({
           if (!keyId || !sig || !ts) return deny('AUTH_003', `missing ${[!keyId && h.keyId, !sig && h.signature, !ts && h.timestamp].filter(Boolean).join(', ')}`);
           if ((cfg.requireNonce ?? true) && !nonce) return deny('AUTH_003', `missing ${h.nonce}`);
           if (nonce && (nonce.length > 128 || !/^[\x21-\x7e]+$/.test(nonce))) return deny('AUTH_003', 'malformed nonce');
+          const badNonce = nonceMismatch(nonce);
+          if (badNonce) return badNonce;
           const c = lookup(keyId);
           if ('kind' in c) return c;
           const t = parseTs(ts);
@@ -237,6 +256,8 @@ export const hmac = defineAuthenticator({
           if (s.created !== undefined && Math.abs(req.now - s.created * 1000) > skewMs) { rt.events.replayRejected(); return deny('AUTH_009', `created ${Math.round(req.now / 1000 - s.created)} s from now, window ±${cfg.maxSkewSec} s`); }
           if (s.expires !== undefined && req.now > s.expires * 1000) { rt.events.replayRejected(); return deny('AUTH_009', 'signature expired'); }
           if ((cfg.requireNonce ?? false) && s.nonce === undefined) return deny('AUTH_003', 'signature has no nonce parameter');
+          const badNonce = nonceMismatch(s.nonce);
+          if (badNonce) return badNonce;
           const baseText = signatureBase(s.input, req);
           if (!verifySignature(c.key, baseText, s.signature)) return deny('AUTH_001', 'signature does not verify');
           if (covered.includes('content-digest')) checkContentDigest(req.headers['content-digest'], req.body ?? Buffer.alloc(0));

@@ -171,3 +171,49 @@ t.test('signatures are compared in constant time: timingSafeEqual over equal len
   t.equal(code(await rfc.verify(rreq(mac.subarray(0, 31)))), 'AUTH_001', 'RFC 9421: one byte short');
   t.same(calls, [[32, 32], [32, 32]], 'RFC 9421: timingSafeEqual for the two full-length MACs, nothing for the short one');
 });
+
+// Catalogue HMAC-04: with `separator: ""` (seed 004) the signature does not fix where the nonce
+// ends and the body begins. From one captured request, moving the nonce's last character to the
+// front of the body gives a request with a new nonce and the same, valid signature. A
+// `noncePattern` the client's nonces always match (seed 004: os.urandom(16).hex()) fixes the boundary.
+t.test('noncePattern closes the nonce/body boundary shift of separator-free messages', async (t) => {
+  const { createHmac, randomBytes } = await import('node:crypto');
+  const secret = 'nonce-pattern-test-secret-0123456789abcdef';
+  // Each its own process state (its own nonce memory).
+  const make = (extra: Record<string, unknown>) => hmacType.create(hmacType.schema.parse({ type: 'hmac', clients: [{ id: 'p', secret, subject: 'p' }], ...extra }),
+    { name: 'sig', clientAuth: false, runtime: new Runtime(), store: { type: 'memory' }, resolvePath: (p) => p, readFile: () => '' });
+  const ts = String(NOW / 1000);
+  const nonce = randomBytes(16).toString('hex');
+  const body = '{"amount": 5}';
+  const sig = createHmac('sha256', secret).update(`POST/orders${ts}${nonce}${body}`).digest('hex');
+  const req = (n: string, b: string): AuthRequest => ({
+    conn: { remoteAddress: '127.0.0.1', remotePort: 1, resumed: false, clientCert: { present: false, verified: false } },
+    method: 'POST', path: '/orders', query: '', authority: 'a.test', clientIp: '127.0.0.1', now: NOW, body: Buffer.from(b),
+    headers: { 'x-api-key': 'p', 'x-timestamp': ts, 'x-nonce': n, 'x-signature': sig },
+  });
+  const shifted = () => req(nonce.slice(0, -1), nonce.slice(-1) + body);
+
+  const open = make({});
+  t.equal(code(await open.verify(req(nonce, body))), 'allow', 'the captured request');
+  t.equal(code(await open.verify(req(nonce, body))), 'AUTH_009', 'replayed as is: refused');
+  t.equal(code(await open.verify(shifted())), 'allow', 'without noncePattern the shifted copy verifies under a new nonce (the ambiguity)');
+
+  const pinned = make({ noncePattern: '[0-9a-f]{32}' });
+  t.equal(code(await pinned.verify(req(nonce, body))), 'allow', 'with noncePattern: the captured request');
+  t.equal(code(await pinned.verify(shifted())), 'AUTH_003', 'the shifted copy: its nonce is not 32 hex digits');
+  const longer = req(nonce + body.slice(0, 1), body.slice(1));
+  t.equal(code(await pinned.verify(longer)), 'AUTH_003', 'and shifting the other way');
+  t.equal(code(await pinned.verify(req('x'.repeat(129), body))), 'AUTH_003', 'over 128 characters: refused before the pattern runs');
+
+  // RFC 9421's nonce parameter is checked the same way.
+  const rfc = make({ scheme: 'rfc9421', requiredComponents: ['@method'], noncePattern: '[0-9a-f]{32}', clients: [{ id: 'k', secret, subject: 'k' }] });
+  const signedWith = (n: string): AuthRequest => {
+    const params = `("@method");created=${NOW / 1000};keyid="k";nonce="${n}"`;
+    const mac = createHmac('sha256', secret).update(`"@method": GET\n"@signature-params": ${params}`).digest('base64');
+    return { ...req('', ''), method: 'GET', body: undefined, headers: { 'signature-input': `sig1=${params}`, signature: `sig1=:${mac}:` } };
+  };
+  t.equal(code(await rfc.verify(signedWith(randomBytes(16).toString('hex')))), 'allow', 'RFC 9421: a nonce that matches');
+  t.equal(code(await rfc.verify(signedWith('not-hex'))), 'AUTH_003', 'RFC 9421: one that does not');
+
+  t.throws(() => make({ noncePattern: '[0-9' }), /noncePattern: not a regular expression/, 'a bad pattern is a config error');
+});

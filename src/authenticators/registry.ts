@@ -5,8 +5,9 @@ import { mtls } from './mtls.ts';
 import { jwt } from './jwt.ts';
 import { apiKey } from './api-key.ts';
 import { hmac } from './hmac.ts';
+import { bsm } from './bsm.ts';
 
-export const AUTHENTICATOR_TYPES: readonly AuthenticatorType<any>[] = [mtls, jwt, apiKey, hmac];
+export const AUTHENTICATOR_TYPES: readonly AuthenticatorType<any>[] = [mtls, jwt, apiKey, hmac, bsm];
 
 export const AUTHENTICATORS_BY_TYPE: ReadonlyMap<string, AuthenticatorType<any>> = new Map(
   AUTHENTICATOR_TYPES.map((t) => [t.type, t]),

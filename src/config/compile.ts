@@ -90,7 +90,8 @@ export function compile(raw: RawConfig, opts: CompileOptions): CompiledConfig {
     });
     // Nonces must be shared by every worker, or a replay to another worker succeeds.
     for (const [name, a] of Object.entries(raw.authenticators)) {
-      if ((a as { type: string }).type === 'hmac') issues.push({ path: ['authenticators', name, 'type'], message: 'hmac nonces need state shared between workers: with server.workers other than 1, use store: { type: redis, url: ... } (or workers: 1)' });
+      const type = (a as { type: string }).type;
+      if (type === 'hmac' || type === 'bsm') issues.push({ path: ['authenticators', name, 'type'], message: `${type} nonces need state shared between workers: with server.workers other than 1, use store: { type: redis, url: ... } (or workers: 1)` });
     }
   }
   let store: StoreSettings = { type: 'memory' };

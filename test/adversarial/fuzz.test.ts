@@ -76,6 +76,20 @@ t.test('HMAC simple: random header values', async (t) => {
   }));
 });
 
+t.test('bsm access keys: random header values around a configured key', async (t) => {
+  // A real secp256k1 point (the generator's x), so the lookup by id succeeds and the signature math runs.
+  const G = '0279be667ef9dcbbac55a06295ce870b07029bfcdb2dce28d959f2815b16f81798';
+  const a = create({ type: 'bsm', keys: [{ publicKey: G, subject: 's' }] });
+  const hex = (n: number) => fc.uint8Array({ minLength: n, maxLength: n }).map((b) => Buffer.from(b).toString('hex'));
+  await neverThrowsNeverAllows(t, a, fc.record({
+    'x-auth-key': fc.oneof(fc.constant(G), hex(33), anyText),
+    'x-auth-hash': fc.oneof(fc.constant('44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a'), hex(32), anyText),
+    'x-auth-nonce': anyText,
+    'x-auth-time': fc.oneof(fc.constant(String(Date.now())), anyText),
+    'x-auth-signature': fc.oneof(fc.tuple(fc.integer({ min: 27, max: 34 }), fc.uint8Array({ minLength: 64, maxLength: 64 })).map(([h, b]) => Buffer.concat([Buffer.from([h]), b]).toString('base64')), anyText),
+  }));
+});
+
 t.test('RFC 9421 structured fields: random and mutated Signature-Input / Signature', async (t) => {
   const a = create({ type: 'hmac', scheme: 'rfc9421', requiredComponents: [], clients: [{ id: 'test-key-ed25519', publicKey: join(VEC, 'keys/test-key-ed25519.pub.pem'), algorithm: 'ed25519', subject: 's' }] });
   const valid = 'sig-b26=("date" "@method" "@path" "@authority" "content-type" "content-length");created=1618884473;keyid="test-key-ed25519"';

@@ -87,6 +87,29 @@ t.test('a verified client certificate reaches the upstream as identity and XFCC'
   t.equal(r.headers['x-request-id'], up.headers['x-request-id'], 'the client sees the same request id');
 });
 
+// shared/seeds/002 (Caf): its clients send certificate.crt + private.key with curl, or a
+// PKCS#12 bundle made with `openssl pkcs12 -export`, and POST JSON bodies over mTLS.
+t.test('seed 002\'s clients: curl with the .crt and .key, and with the PKCS#12 bundle; a POST body arrives whole', async (t) => {
+  const { spawn, spawnSync } = await import('node:child_process');
+  const p12 = fx.path('client-valid.p12');
+  const made = spawnSync('openssl', ['pkcs12', '-export', '-out', p12, '-inkey', fx.path('client-valid.key'), '-in', fx.path('client-valid.crt'), '-passout', 'pass:caf-test'], { encoding: 'utf8' });
+  t.equal(made.status, 0, `openssl pkcs12 -export ${made.stderr}`);
+  // Asynchronous: the upstream runs in this process and must keep answering.
+  const curl = (args: string[]) => new Promise<{ status: number; body: string }>((resolve) => {
+    const c = spawn('curl', ['-s', '-m', '20', '-w', '\n%{http_code}', '--cacert', fx.path('ca.crt'), '--resolve', `a.test:${h.port}:127.0.0.1`, ...args]);
+    let o = '';
+    c.stdout.on('data', (d) => { o += d; });
+    c.once('close', () => { const i = o.lastIndexOf('\n'); resolve({ status: Number(o.slice(i + 1)), body: o.slice(0, i) }); });
+  });
+  const url = `https://a.test:${h.port}/v1/transactions`;
+  let r = await curl(['--cert', fx.path('client-valid.crt'), '--key', fx.path('client-valid.key'), url]);
+  t.same([r.status, h.seen.at(-1)!.headers['x-auth-user-id']], [200, 'client-1'], 'curl --cert certificate.crt --key private.key');
+  r = await curl(['--cert', `${p12}:caf-test`, '--cert-type', 'P12', '-X', 'POST', '-H', 'Content-Type: application/json', '-d', '{"key1": "value1", "key2": "value2"}', url]);
+  t.same([r.status, h.seen.at(-1)!.method, h.seen.at(-1)!.body, h.seen.at(-1)!.headers['x-auth-user-id']], [200, 'POST', '{"key1": "value1", "key2": "value2"}', 'client-1'], 'curl --cert certificate.p12 --cert-type P12 -d ...');
+  r = await curl([url]);
+  t.same([r.status, JSON.parse(r.body).error.code], [401, 'AUTH_010'], 'no certificate: 401 AUTH_010');
+});
+
 t.test('client certificate matrix: each refusal has its exact status and code, and nothing reaches the upstream', async (t) => {
   const cases: [string, Parameters<typeof client>[1] | undefined, number, string][] = [
     ['no certificate', undefined, 401, 'AUTH_010'],

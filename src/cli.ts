@@ -25,7 +25,7 @@ const USAGE = `Usage: portcullis <command> [options]
 Commands:
   serve   --config FILE             run the proxy (default command)
   check   --config FILE             validate the config and every file it names; print the policy table
-  explain --config FILE METHOD URL [-H 'Name: value']... [--cert PEM] [--ip ADDR]
+  explain --config FILE METHOD URL [-H 'Name: value']... [-d BODY|@FILE] [--cert PEM] [--ip ADDR]
                                     dry-run one request through the policies
   keys new [--env prod|test|dev]    print a new API key (shown once) and the hash line for config
   keys hash                         read a key on stdin, print its sha256: hash
@@ -176,7 +176,7 @@ export async function main(argv: string[]): Promise<number> {
         return 0;
       }
       case 'explain': {
-        const a = args(rest, { config: { type: 'string', short: 'c' }, header: { type: 'string', short: 'H', multiple: true }, cert: { type: 'string' }, ip: { type: 'string' } });
+        const a = args(rest, { config: { type: 'string', short: 'c' }, header: { type: 'string', short: 'H', multiple: true }, cert: { type: 'string' }, ip: { type: 'string' }, data: { type: 'string', short: 'd' } });
         if (a.values.help) { out(USAGE); return 0; }
         const [method, url] = a.positionals;
         if (!method || !url) throw new UsageError('explain needs METHOD and URL');
@@ -186,7 +186,13 @@ export async function main(argv: string[]): Promise<number> {
           try { certPem = readFileSync(a.values.cert, 'utf8'); } catch (e) { err(`cannot read --cert ${a.values.cert}: ${(e as NodeJS.ErrnoException).code}`); return 1; }
         }
         const headers = (a.values.header as string[] | undefined) ?? [];
-        const res = await explain(cfg, { method, url, headers, certPem, ip: a.values.ip as string | undefined });
+        // -d as curl takes it: the body itself, or @FILE for a file's bytes.
+        let body: Buffer | undefined;
+        const data = a.values.data;
+        if (typeof data === 'string') {
+          try { body = data.startsWith('@') ? readFileSync(data.slice(1)) : Buffer.from(data); } catch (e) { err(`cannot read -d ${data}: ${(e as NodeJS.ErrnoException).code}`); return 1; }
+        }
+        const res = await explain(cfg, { method, url, headers, certPem, ip: a.values.ip as string | undefined, body });
         if ('error' in res) { err(res.error); return 1; }
         out(formatExplanation(res));
         return 0;

@@ -11,7 +11,8 @@ import { headerObject, upstreamRequest } from './pipeline/headers.ts';
 import type { ConnectionInfo } from './tls/peer.ts';
 import { verifyOffline } from './tls/offline.ts';
 
-export interface ExplainInput { method: string; url: string; headers: string[]; certPem?: string; ip?: string }
+/** `body`: the request body (`-d`), for policies whose authenticators verify it (hmac, bsm). */
+export interface ExplainInput { method: string; url: string; headers: string[]; certPem?: string; ip?: string; body?: Buffer }
 
 export interface Explanation {
   input: ExplainInput;
@@ -53,6 +54,8 @@ export async function explain(cfg: CompiledConfig, input: ExplainInput, now = Da
   if (method === 'CONNECT') return { input, sni, conn, early: { code: 'BAD_REQUEST', status: 400, reason: 'CONNECT is not served: Portcullis is a reverse proxy, not a tunnel' } };
   const c = buildContext({ method, url: m[2] || '/', headers, rawHeaders }, conn, cfg);
   if (!c.ok) return { input, sni, conn, early: { code: c.code, status: ERRORS[c.code].status, reason: c.reason } };
+  // As the server reads it: a policy that verifies the body gets one, empty when none was given.
+  const body = input.body ?? Buffer.alloc(0);
   const tk = cfg.tokens;
   if (tk?.paths.has(c.ctx.path)) {
     // Portcullis' own endpoints: judged by their entries, answered here, never forwarded.
@@ -61,13 +64,13 @@ export async function explain(cfg: CompiledConfig, input: ExplainInput, now = Da
     // As the server does: the first entry that allows; else the denial that says most.
     let decision: Decision | undefined;
     for (const policy of policies) {
-      const d = await decide(cfg, c.ctx, now, { policy });
+      const d = await decide(cfg, c.ctx, now, { policy, body });
       if (d.outcome === 'allow') { decision = d; break; }
       decision = tellingDenial(decision, d);
     }
     return { input, sni, conn, ctx: c.ctx, decision: decision!, ownEndpoint: tk.logins.has(c.ctx.path) ? 'a token (tokens.logins)' : 'a client certificate (tokens.certificates)' };
   }
-  const decision = await decide(cfg, c.ctx, now);
+  const decision = await decide(cfg, c.ctx, now, { body });
   const ex: Explanation = { input, sni, conn, ctx: c.ctx, decision };
   if (decision.outcome !== 'deny') {
     const up = upstreamRequest(headers, c.ctx, decision, cfg, false);

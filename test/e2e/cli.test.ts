@@ -8,6 +8,7 @@ import { join } from 'node:path';
 import { tmpdir } from 'node:os';
 import { makeFixture } from '../helpers/pki.ts';
 import { listenUpstream, freePort } from '../helpers/harness.ts';
+import { seed004 } from '../helpers/signing.ts';
 
 const BIN = new URL('../../bin/portcullis.js', import.meta.url).pathname;
 const run = (args: string[], input?: string) => spawnSync(process.execPath, [BIN, ...args], { encoding: 'utf8', input, timeout: 30_000 });
@@ -95,6 +96,27 @@ t.test('explain: the decision trace and the headers the upstream would get, with
   t.match(r.stdout, /result\s+400 BAD_REQUEST: CONNECT is not served/);
   r = run(['explain', '--config', f, 'propfind', 'https://a.test/api/x', '--cert', fx.path('client-valid.crt')]);
   t.match(r.stdout, /request\s+PROPFIND [^]*result\s+ALLOW/, 'a WebDAV method the parser knows is judged by the policies');
+});
+
+t.test('explain -d: a signed request is judged with its body, as the server reads it', async (t) => {
+  const secret = 'explain-hmac-secret-0123456789abcdef0123';
+  const f = join(dir, 'explain-hmac.yaml');
+  writeFileSync(f, readFileSync(config(4, 5, 6), 'utf8').replace('authenticators:\n', `authenticators:\n  sig: { type: hmac, clients: [ { id: partner-a, secret: "${secret}", subject: partner-a } ] }\n`)
+    .replace('policies:\n', 'policies:\n  - name: orders\n    match: { paths: ["/orders/**"] }\n    authenticate: sig\n'));
+  const body = { item: 'book', qty: 2 };
+  const s = seed004(secret, 'POST', '/orders/new', body);
+  const hs = Object.entries(s.headers).flatMap(([k, v]) => ['-H', `${k}: ${v}`]);
+  let r = run(['explain', '--config', f, 'POST', 'https://a.test/orders/new', ...hs, '-d', s.payload]);
+  t.equal(r.status, 0, r.stderr);
+  t.match(r.stdout, /sig\s+hmac\s+ALLOW signed by partner-a/, 'the body that was signed: allowed');
+  t.match(r.stdout, /x-auth-user-id: partner-a/);
+  writeFileSync(join(dir, 'body.json'), s.payload.replace('2', '3'));
+  r = run(['explain', '--config', f, 'POST', 'https://a.test/orders/new', ...hs, '-d', `@${join(dir, 'body.json')}`]);
+  t.match(r.stdout, /result\s+DENY 401 AUTH_001: signature does not match/, 'another body (-d @FILE): the denial the server would give');
+  r = run(['explain', '--config', f, 'POST', 'https://a.test/orders/new', ...hs]);
+  t.match(r.stdout, /DENY 401 AUTH_001/, 'no -d: judged with an empty body');
+  r = run(['explain', '--config', f, 'POST', 'https://a.test/orders/new', ...hs, '-d', '@/nonexistent']);
+  t.same([r.status, r.stderr.trim()], [1, 'cannot read -d @/nonexistent: ENOENT']);
 });
 
 t.test('certs dev writes a usable PKI with private keys mode 0600', async (t) => {

@@ -9,7 +9,7 @@ import { z } from 'zod';
 import { ConfigError, type ConfigIssue } from '../errors.ts';
 import { MemoryNonceStore, type NonceStore, type NonceVerdict } from '../store/nonces.ts';
 import { RedisNonceStore } from '../store/redis.ts';
-import { foldHeader } from '../util/net.ts';
+import { foldHeader, singleHeader } from '../util/net.ts';
 import { allow, defineAuthenticator, deny, skip, type AuthRequest, type Verdict } from './types.ts';
 
 const PUBLIC_KEY = /^(0[23][0-9a-f]{64}|04[0-9a-f]{128})$/;
@@ -107,17 +107,7 @@ export const bsm = defineAuthenticator({
       return k.allowed;
     };
 
-    /** The one value of a header in any "-"/"_" spelling, or 'twice'. */
-    const one = (req: AuthRequest, want: string): string | undefined | 'twice' => {
-      let value: string | undefined;
-      for (const k in req.headers) {
-        const v = req.headers[k];
-        if (v === undefined || k.length !== want.length || (k !== want && foldHeader(k) !== want)) continue;
-        if (value !== undefined || (Array.isArray(v) && v.length !== 1)) return 'twice';
-        value = Array.isArray(v) ? v[0]! : v;
-      }
-      return value?.trim();
-    };
+    const one = (req: AuthRequest, want: string) => singleHeader(req.headers, want);
 
     return {
       name: ctx.name,

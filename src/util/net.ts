@@ -1,5 +1,6 @@
 // Address, CIDR and header-name helpers shared by config, pipeline and authenticators.
 import { BlockList, isIP } from 'node:net';
+import type { IncomingHttpHeaders } from 'node:http';
 import { z } from 'zod';
 
 export function parseCidr(s: string): { address: string; prefix: number; family: 'ipv4' | 'ipv6' } | undefined {
@@ -39,3 +40,18 @@ export function inList(bl: BlockList, ip: string): boolean {
 const FOLDED = /^[^A-Z_]*$/;
 /** Header names compared case-insensitively with "_" folded to "-". */
 export const foldHeader = (name: string) => (FOLDED.test(name) ? name : name.toLowerCase().replace(/_/g, '-'));
+
+/**
+ * The one value of the header `want` (already folded) in any "-"/"_" spelling, trimmed;
+ * 'twice' when it comes more than once (a credential header is never merged).
+ */
+export function singleHeader(headers: IncomingHttpHeaders, want: string): string | undefined | 'twice' {
+  let value: string | undefined;
+  for (const k in headers) {
+    const v = headers[k];
+    if (v === undefined || k.length !== want.length || (k !== want && foldHeader(k) !== want)) continue;
+    if (value !== undefined || (Array.isArray(v) && v.length !== 1)) return 'twice';
+    value = Array.isArray(v) ? v[0]! : v;
+  }
+  return value?.trim();
+}

@@ -12,7 +12,7 @@ import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { createHmac } from 'node:crypto';
 import { makeFixture } from '../helpers/pki.ts';
-import { request, client, freePort, until } from '../helpers/harness.ts';
+import { request, client, freePort, until, baseConfig } from '../helpers/harness.ts';
 import { parseProm, value } from '../helpers/prom.ts';
 
 const fx = makeFixture();
@@ -42,21 +42,9 @@ t.test('clients that leave at every stage: descriptors, upstream connections and
 
   const [port, admin] = [await freePort(), await freePort()];
   const file = join(fx.dir, 'aborts.yaml');
-  writeFileSync(file, `server:
-  listen: 127.0.0.1:${port}
-  timeouts: { headersMs: 20000, requestMs: 30000 }
+  writeFileSync(file, baseConfig(`
 admin:
   listen: 127.0.0.1:${admin}
-tls:
-  certificates:
-    - hosts: [a.test]
-      cert: ${fx.dir}/a.crt
-      key: ${fx.dir}/a.key
-  clientAuth:
-    ca: ${fx.dir}/ca.crt
-upstream:
-  url: http://127.0.0.1:${upstreamPort}
-  timeoutMs: 30000
 authenticators:
   cert: { type: mtls }
   sig: { type: hmac, clients: [ { id: p, secret: "${SECRET}", subject: p } ], requireNonce: false }
@@ -68,7 +56,8 @@ policies:
     match: { paths: ["/signed/**"] }
     authenticate: sig
 logging: { level: info, access: false }
-`);
+`, '  timeouts: { headersMs: 20000, requestMs: 30000 }').replace('listen: 127.0.0.1:0', `listen: 127.0.0.1:${port}`).replace('timeoutMs: 1000', 'timeoutMs: 30000')
+    .replaceAll('{{PKI}}', fx.dir).replace('{{UPSTREAM}}', `http://127.0.0.1:${upstreamPort}`));
   const child = spawn(process.execPath, [BIN, 'serve', '--config', file], { stdio: ['ignore', 'pipe', 'pipe'] });
   let out = '';
   child.stdout.on('data', (d) => { out += d; });

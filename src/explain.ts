@@ -8,7 +8,7 @@ import { ERRORS } from './errors.ts';
 import { buildContext, type RequestContext } from './pipeline/context.ts';
 import { decide, type Decision } from './pipeline/decide.ts';
 import { headerObject, upstreamRequest } from './pipeline/headers.ts';
-import type { ConnectionInfo } from './tls/peer.ts';
+import type { ClientCertVerdict, ConnectionInfo } from './tls/peer.ts';
 import { verifyOffline } from './tls/offline.ts';
 
 /** `body`: the request body (`-d`), for policies whose authenticators verify it (hmac, bsm). */
@@ -44,7 +44,9 @@ export async function explain(cfg: CompiledConfig, input: ExplainInput, now = Da
     rawHeaders.push(h.slice(0, i).trim(), value);
   }
   if (!rawHeaders.some((_, i) => i % 2 === 0 && rawHeaders[i]!.toLowerCase() === 'host')) rawHeaders.push('Host', authority);
-  const clientCert = input.certPem ? verifyOffline(input.certPem, cfg.tls, now) : { present: false, verified: false };
+  let clientCert: ClientCertVerdict = input.certPem ? verifyOffline(input.certPem, cfg.tls, now) : { present: false, verified: false };
+  // As the server does: with tls.clientAuth.ocsp, the responder is asked (a read; it changes nothing).
+  if (cfg.tls.ocsp && clientCert.verified && clientCert.cert) clientCert = (await cfg.tls.ocsp.check(clientCert.cert, now)) ?? clientCert;
   const ip = input.ip ?? '127.0.0.1';
   if (!isIP(ip)) return { error: `--ip ${ip}: not an IP address` };
   const conn: ConnectionInfo = { remoteAddress: ip, remotePort: 0, sni, resumed: false, clientCert };

@@ -6,13 +6,15 @@ import { RedisConnection, type RedisSettings } from './store/redis.ts';
 
 export interface AuthEvents {
   jwksRefresh(result: 'success' | 'failure'): void;
+  /** An OCSP responder was asked about a client certificate (src/tls/ocsp.ts). */
+  ocspLookup(result: 'good' | 'revoked' | 'unknown' | 'error'): void;
   replayRejected(): void;
   log(level: 'info' | 'warn' | 'error', obj: Record<string, unknown>): void;
 }
 
 const redisKey = (s: RedisSettings) => `${s.url}|${s.keyPrefix}|${s.timeoutMs}|${s.ca ?? ''}`;
 
-const NO_EVENTS: AuthEvents = { jwksRefresh() {}, replayRejected() {}, log() {} };
+const NO_EVENTS: AuthEvents = { jwksRefresh() {}, ocspLookup() {}, replayRejected() {}, log() {} };
 
 export interface RuntimeOptions {
   /**

@@ -58,6 +58,7 @@ export class PortcullisServer {
     this.#upstream = new Upstream(opts.config.upstream);
     opts.config.runtime.events = {
       jwksRefresh: (result) => this.metrics.jwksRefresh.inc({ result }),
+      ocspLookup: (result) => this.metrics.ocspLookups.inc({ result }),
       replayRejected: () => this.metrics.replaysRejected.inc(),
       log: (level, obj) => this.logger[level](obj),
     };

@@ -11,6 +11,7 @@ import { DEFAULTS as D } from './defaults.ts';
 import { AUTHENTICATORS_BY_TYPE } from '../authenticators/registry.ts';
 import type { Authenticator } from '../authenticators/types.ts';
 import { buildTls, type TlsTable } from '../tls/contexts.ts';
+import { OcspCache, OcspChecker } from '../tls/ocsp.ts';
 import { Runtime } from '../runtime.ts';
 import type { RedisSettings } from '../store/redis.ts';
 import { compilePolicies, type CompiledPolicy } from '../pipeline/match.ts';
@@ -76,7 +77,14 @@ export function compile(raw: RawConfig, opts: CompileOptions): CompiledConfig {
   const issues: ConfigIssue[] = [];
   const resolvePath = (p: string) => resolve(opts.baseDir, p);
 
-  const tls = buildTls(raw.tls, resolvePath, now, issues);
+  const runtime = opts.runtime ?? new Runtime();
+  const table = buildTls(raw.tls, resolvePath, now, issues);
+  const ocsp = raw.tls.clientAuth?.ocsp;
+  const tls: TlsTable | undefined = table && ocsp ? Object.freeze({
+    ...table,
+    ocsp: new OcspChecker({ ...ocsp, responder: ocsp.responder === undefined ? undefined : new URL(ocsp.responder) }, table.trust.cas,
+      runtime.shared('ocsp', () => new OcspCache()), () => runtime.events),
+  }) : table;
   // The request line counts towards the head: a target as long as the head would always be a
   // 431. Unset, the limit is 8 KiB, or half the head when maxHeaderBytes is set lower.
   const maxUriBytes = raw.server.maxUriBytes ?? Math.min(D.server.maxUriBytes, Math.floor(raw.server.maxHeaderBytes / 2));
@@ -110,7 +118,6 @@ export function compile(raw: RawConfig, opts: CompileOptions): CompiledConfig {
     store = { type: 'redis', url: r.url, keyPrefix: r.keyPrefix, timeoutMs: r.timeoutMs, ...(ca !== undefined ? { ca } : {}) };
   }
 
-  const runtime = opts.runtime ?? new Runtime();
   const authFiles: string[] = [];
   const readFile = (p: string, path: readonly (string | number)[]): string => {
     const abs = resolvePath(p);

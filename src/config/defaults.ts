@@ -26,6 +26,12 @@ export const DEFAULTS = {
     minVersion: 'TLSv1.2' as const,
     unknownSni: 'reject' as const,
     sessionTimeoutSec: 300, // 5 min: how long a TLS session may be resumed
+    ocsp: {
+      mode: 'require' as const, // fail closed: a certificate whose status cannot be learnt is refused
+      timeoutMs: 3_000, // 3 s for the responder's answer
+      maxAgeSec: 3_600, // an answer is used for at most 1 h, even with a later nextUpdate
+      retrySec: 10, // a failed lookup is asked again after 10 s
+    },
   },
   upstream: {
     timeoutMs: 30_000, // 30 s waiting for the upstream's response

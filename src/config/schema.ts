@@ -122,6 +122,15 @@ export const configSchema = z.strictObject({
     clientAuth: z.strictObject({
       ca: z.string().min(1),
       crl: z.union([z.string().min(1), z.array(z.string().min(1)).min(1)]).optional(),
+      /** OCSP checking of each client certificate (src/tls/ocsp.ts). */
+      ocsp: z.strictObject({
+        mode: z.enum(['require', 'best-effort']).default(D.tls.ocsp.mode),
+        responder: z.string().refine((s) => { try { const u = new URL(s); return (u.protocol === 'http:' || u.protocol === 'https:') && !u.username; } catch { return false; } },
+          { message: 'must be an http:// or https:// URL without credentials' }).optional(),
+        timeoutMs: z.number().int().min(1).max(60_000).default(D.tls.ocsp.timeoutMs),
+        maxAgeSec: z.number().int().min(1).max(7 * 86_400).default(D.tls.ocsp.maxAgeSec),
+        retrySec: z.number().int().min(0).max(3_600).default(D.tls.ocsp.retrySec),
+      }).optional(),
     }).optional(),
   }),
   upstream: z.strictObject({

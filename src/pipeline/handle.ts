@@ -8,7 +8,7 @@ import { ERRORS, errorBody, type ErrorCode } from '../errors.ts';
 import type { CompiledConfig } from '../config/compile.ts';
 import type { Logger } from '../log.ts';
 import type { Metrics } from '../metrics.ts';
-import type { ConnectionInfo } from '../tls/peer.ts';
+import type { ClientCertVerdict, ConnectionInfo } from '../tls/peer.ts';
 import { buildContext, type RequestContext } from './context.ts';
 import { decide, policyFor, type Decision } from './decide.ts';
 import { headerObject, headerSafe, upstreamRequest, type UpstreamRequest } from './headers.ts';
@@ -57,6 +57,11 @@ function readBody(req: IncomingMessage, max: number, ex: { proceed?(): void }): 
     req.once('error', onErr);
     req.once('aborted', onErr);
   });
+}
+
+/** The connection with its client certificate judged again (an OCSP answer). */
+function withCert(conn: ConnectionInfo, clientCert: ClientCertVerdict): ConnectionInfo {
+  return Object.freeze({ ...conn, clientCert: Object.freeze(clientCert) });
 }
 
 /** The connection's client certificate was judged under a client-certificate trust since replaced. */
@@ -182,6 +187,18 @@ export function createHandler(deps: HandlerDeps) {
       refuse('CONNECTION_STALE', ex.id);
       return undefined;
     }
+    // OCSP (tls.clientAuth.ocsp): the certificate's current status, per request, so that a
+    // revocation learnt later reaches kept-alive connections too. Waits only for a first answer.
+    const ocsp = cfg.tls.ocsp;
+    if (ocsp && conn.clientCert.verified && conn.clientCert.cert) {
+      const v = ocsp.check(conn.clientCert.cert, deps.now());
+      if (isPromise(v)) return v.then((w) => admitOn(req, cfg, ex, refuse, w ? withCert(conn, w) : conn));
+      if (v) return admitOn(req, cfg, ex, refuse, withCert(conn, v));
+    }
+    return admitOn(req, cfg, ex, refuse, conn);
+  }
+
+  function admitOn(req: IncomingMessage, cfg: CompiledConfig, ex: Outcome, refuse: Refuse, conn: ConnectionInfo): MaybePromise<Admitted | undefined> {
     const c = buildContext(req, conn, cfg);
     if (!c.ok) {
       logger.info({ msg: 'bad request', requestId: c.id, code: c.code, reason: c.reason, sni: conn.sni });

@@ -158,8 +158,13 @@ export function readCrl(der: Uint8Array): CrlFields {
   return { issuerDer: derOf(issuer), issuerAttrs: readName(issuer), nextUpdate, revokedSerials };
 }
 
-/** One DER TLV at `at`: where its contents start and where it ends (definite lengths only). */
-function tlv(der: Buffer, at: number): { start: number; end: number } {
+/** One DER TLV at `at`: its tag byte, where its contents start and where it ends (definite lengths, one-byte tags). */
+export interface Tlv { readonly tag: number; readonly at: number; readonly start: number; readonly end: number }
+
+export function tlv(der: Buffer, at: number, limit = der.length): Tlv {
+  if (at + 2 > limit) throw new Error('truncated DER');
+  const tag = der[at]!;
+  if ((tag & 0x1f) === 0x1f) throw new Error('unsupported DER tag');
   let i = at + 1;
   const first = der[i++]!;
   let len = first;
@@ -169,11 +174,24 @@ function tlv(der: Buffer, at: number): { start: number; end: number } {
     len = 0;
     for (let k = 0; k < n; k++) len = len * 256 + der[i++]!;
   }
-  if (i + len > der.length) throw new Error('truncated DER');
-  return { start: i, end: i + len };
+  if (i + len > limit) throw new Error('truncated DER');
+  return { tag, at, start: i, end: i + len };
 }
 
-const CRL_SIGNATURES: Record<string, string | null> = {
+/** The TLVs inside a constructed one, in order. */
+export function tlvChildren(der: Buffer, t: Tlv): Tlv[] {
+  const out: Tlv[] = [];
+  for (let at = t.start; at < t.end;) { const c = tlv(der, at, t.end); out.push(c); at = c.end; }
+  return out;
+}
+
+/** Dotted form of an OBJECT IDENTIFIER's contents. */
+export function oidString(der: Buffer, t: Tlv): string {
+  return asn1.derToOid(forge.util.createBuffer(der.subarray(t.start, t.end).toString('binary')));
+}
+
+/** Signature algorithm OID -> the digest it names (null: Ed25519, which has none). */
+export const SIGNATURE_DIGESTS: Readonly<Record<string, string | null>> = {
   '1.2.840.113549.1.1.11': 'sha256', '1.2.840.113549.1.1.12': 'sha384', '1.2.840.113549.1.1.13': 'sha512',
   '1.2.840.10045.4.3.2': 'sha256', '1.2.840.10045.4.3.3': 'sha384', '1.2.840.10045.4.3.4': 'sha512',
   '1.3.101.112': null,
@@ -189,10 +207,10 @@ export function crlSignature(der: Uint8Array): { tbs: Buffer; digest: string | n
   const tbs = tlv(b, outer.start);
   const alg = tlv(b, tbs.end);
   const oid = tlv(b, alg.start);
-  const id = asn1.derToOid(forge.util.createBuffer(b.subarray(oid.start, oid.end).toString('binary')));
-  if (!(id in CRL_SIGNATURES)) return undefined;
+  const id = oidString(b, oid);
+  if (!(id in SIGNATURE_DIGESTS)) return undefined;
   const sig = tlv(b, alg.end);
-  return { tbs: b.subarray(outer.start, tbs.end), digest: CRL_SIGNATURES[id]!, signature: b.subarray(sig.start + 1, sig.end) };
+  return { tbs: b.subarray(outer.start, tbs.end), digest: SIGNATURE_DIGESTS[id]!, signature: b.subarray(sig.start + 1, sig.end) };
 }
 
 /** DER -> PEM with 64-character lines (no blank line when the length divides evenly). */

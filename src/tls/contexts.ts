@@ -5,6 +5,7 @@ import { X509Certificate, createHash, createPrivateKey, randomBytes, verify, con
 import { createSecureContext, type SecureContext, type SecureContextOptions } from 'node:tls';
 import { isIP } from 'node:net';
 import type { ConfigIssue } from '../errors.ts';
+import type { OcspChecker } from './ocsp.ts';
 import { crlSignature, pemBlocks, readCertificate, readCrl, nameToString, toPem } from './asn1.ts';
 
 // TLS 1.3: the three AEAD suites, AES-128-GCM first as in TLS 1.2 below and in Mozilla's
@@ -52,6 +53,8 @@ export interface TlsTable {
   /** Fingerprint of the client-certificate trust (CAs and CRLs): a change re-judges live connections. */
   readonly trustKey: string;
   readonly files: readonly string[];
+  /** OCSP checking of client certificates (tls.clientAuth.ocsp), when configured. */
+  readonly ocsp?: OcspChecker;
 }
 
 export interface TlsInput {

@@ -190,3 +190,19 @@ t.test('the example config is valid', async (t) => {
   const path = new URL('../../config/portcullis.example.yaml', import.meta.url).pathname;
   t.doesNotThrow(() => parseConfigText(readFileSync(path, 'utf8'), path, {}));
 });
+
+t.test('tls.clientAuth.ocsp: defaults, and settings that are refused', async (t) => {
+  const withOcsp = (o: string) => good.replace(`    crl: ${fx.dir}/ca.crl\n`, `    crl: ${fx.dir}/ca.crl\n    ocsp: ${o}\n`);
+  const f = join(dir, 'ocsp.yaml');
+  writeFileSync(f, withOcsp('{}'));
+  const s = loadConfig(f).tls.ocsp!.settings;
+  t.same({ ...s }, { mode: 'require', timeoutMs: 3000, maxAgeSec: 3600, retrySec: 10, responder: undefined }, 'fail closed by default');
+  t.match(errorsOf(withOcsp('{ responder: "ldap://ocsp.example" }')).join(' | '), /tls\.clientAuth\.ocsp\.responder: must be an http:\/\/ or https:\/\/ URL/);
+  t.match(errorsOf(withOcsp('{ responder: "http://user:pw@ocsp.example/" }')).join(' | '), /tls\.clientAuth\.ocsp\.responder: must be an http:\/\/ or https:\/\/ URL without credentials/);
+  t.match(errorsOf(withOcsp('{ mode: soft }')).join(' | '), /tls\.clientAuth\.ocsp\.mode/);
+  t.match(errorsOf(withOcsp('{ timeoutMs: 0 }')).join(' | '), /tls\.clientAuth\.ocsp\.timeoutMs/);
+  t.match(errorsOf(withOcsp('{ maxAge: 60 }')).join(' | '), /tls\.clientAuth\.ocsp.*maxAge/, 'an unknown key');
+  t.equal(loadConfig(join(dir, 'ocsp.yaml')).tls.ocsp !== undefined, true);
+  writeFileSync(f, good);
+  t.equal(loadConfig(f).tls.ocsp, undefined, 'off unless configured');
+});

@@ -90,6 +90,20 @@ t.test('bsm access keys: random header values around a configured key', async (t
   }));
 });
 
+t.test('bsm xPubs: random nonces (each derives a key) and signatures around a configured xPub', async (t) => {
+  // BIP32 test vector 1, m/0H/1/2H: every hex nonce below runs the BIP32 derivation.
+  const X = 'xpub6D4BDPcP2GT577Vvch3R8wDkScZWzQzMMUm3PWbmWvVJrZwQY4VUNgqFJPMM3No2dFDFGTsxxpG5uJh7n7epu4trkrX7x7DogT5Uv6fcLW5';
+  const a = create({ type: 'bsm', xpubs: [{ xpub: X, subject: 's' }] });
+  const hexText = fc.string({ unit: fc.constantFrom(...'0123456789abcdefABCDEF'), minLength: 0, maxLength: 140 });
+  await neverThrowsNeverAllows(t, a, fc.record({
+    'x-auth-xpub': fc.oneof(fc.constant(X), anyText),
+    'x-auth-hash': fc.constant('44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a'),
+    'x-auth-nonce': fc.oneof(hexText, fc.uint8Array({ minLength: 32, maxLength: 64 }).map((b) => Buffer.from(b).toString('hex')), anyText),
+    'x-auth-time': fc.constant(String(Date.now())),
+    'x-auth-signature': fc.oneof(fc.tuple(fc.integer({ min: 27, max: 34 }), fc.uint8Array({ minLength: 64, maxLength: 64 })).map(([h, b]) => Buffer.concat([Buffer.from([h]), b]).toString('base64')), anyText),
+  }));
+});
+
 t.test('RFC 9421 structured fields: random and mutated Signature-Input / Signature', async (t) => {
   const a = create({ type: 'hmac', scheme: 'rfc9421', requiredComponents: [], clients: [{ id: 'test-key-ed25519', publicKey: join(VEC, 'keys/test-key-ed25519.pub.pem'), algorithm: 'ed25519', subject: 's' }] });
   const valid = 'sig-b26=("date" "@method" "@path" "@authority" "content-type" "content-length");created=1618884473;keyid="test-key-ed25519"';

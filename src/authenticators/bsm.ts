@@ -14,6 +14,7 @@ import { MemoryNonceStore, type NonceStore, type NonceVerdict } from '../store/n
 import { RedisNonceStore } from '../store/redis.ts';
 import { foldHeader, singleHeader } from '../util/net.ts';
 import { deriveFromHex, parseXpub, type ExtendedPublicKey } from '../util/bip32.ts';
+import { prepare as prepareSecp256k1 } from '../util/secp256k1.ts';
 import { allow, defineAuthenticator, deny, skip, type AuthRequest, type Verdict } from './types.ts';
 
 const PUBLIC_KEY = /^(0[23][0-9a-f]{64}|04[0-9a-f]{128})$/;
@@ -118,6 +119,8 @@ export const bsm = defineAuthenticator({
       const scopes = Object.freeze([...e.scopes]);
       byXpub.set(e.xpub, { id, subject: e.subject, scopes, revoked: e.revoked, root, allowed: allow({ subject: e.subject, keyId: id, scopes }, `signed by a key of xPub ${id.slice(0, 12)}…`) });
     });
+    // The multiplication table for xPub derivations is built once, here, not on a request.
+    if (byXpub.size) prepareSecp256k1();
     if (!cfg.keys.length && !cfg.xpubs.length) issues.push({ path: base, message: 'needs `keys` (access keys) or `xpubs`, or both' });
     if (issues.length) throw new ConfigError(issues);
 

@@ -229,6 +229,8 @@ function post(url: URL, payload: Buffer, timeoutMs: number): Promise<Buffer> {
       res.on('data', (c: Buffer) => { size += c.length; if (size > MAX_RESPONSE_BYTES) req.destroy(new Error(`answer over ${MAX_RESPONSE_BYTES} bytes`)); else chunks.push(c); });
       res.on('end', () => resolve(Buffer.concat(chunks)));
       res.on('error', reject);
+      // Cut off mid-answer (the deadline, or the responder): settle rather than wait for an 'end' that never comes.
+      res.on('close', () => { if (!res.complete) reject(new Error('answer cut short')); });
     });
     // One deadline for the whole exchange (a socket timeout would reset on every byte).
     const timer = setTimeout(() => req.destroy(new Error(`no answer within ${timeoutMs} ms`)), timeoutMs);

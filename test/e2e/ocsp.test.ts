@@ -69,7 +69,7 @@ function stop(proc: ChildProcess): Promise<void> {
 
 let root: { port: number; proc: ChildProcess }, intermediate: { port: number }, rotating: { port: number; proc: ChildProcess };
 let rogue: { port: number }, unauthorised: { port: number }, selfSigning: { port: number };
-let silent: NetServer, garbage: HttpServer, closedPort: number, silentPort: number, garbagePort: number;
+let silent: NetServer, garbage: HttpServer, stall: HttpServer, closedPort: number, silentPort: number, garbagePort: number, stallPort: number;
 let h: Harness, soft: Harness;
 const held: import('node:net').Socket[] = [];
 
@@ -99,6 +99,10 @@ t.before(async () => {
   garbage = httpServer((_q, s) => { s.writeHead(200, { 'content-type': 'application/ocsp-response' }); s.end('not DER at all'); });
   await new Promise<void>((r) => garbage.listen(0, '127.0.0.1', () => r()));
   garbagePort = (garbage.address() as { port: number }).port;
+  // One that starts an answer and never finishes it.
+  stall = httpServer((_q, s) => { s.writeHead(200, { 'content-type': 'application/ocsp-response', 'content-length': '500' }); s.write(Buffer.from([0x30, 0x82])); });
+  await new Promise<void>((r) => stall.listen(0, '127.0.0.1', () => r()));
+  stallPort = (stall.address() as { port: number }).port;
 
   h = await startHarness(fx, config('require'));
   soft = await startHarness(fx, config('best-effort', `http://127.0.0.1:${closedPort}/`));
@@ -110,6 +114,8 @@ t.teardown(async () => {
   for (const c of held) c.destroy();
   silent?.close();
   garbage?.close();
+  stall?.closeAllConnections();
+  stall?.close();
   await Promise.all(children.map(stop));
 });
 
@@ -208,9 +214,10 @@ t.test('answers that must not be trusted are refused (require)', async (t) => {
     ['a responder that never answers', 0, /no answer within 500 ms/],
     ['nothing listening', -1, /ECONNREFUSED/],
     ['an answer that is not DER', -2, /OCSP: responder http:\/\/127\.0\.0\.1:\d+: (malformed|not an OCSP response|truncated)/],
+    ['an answer begun and never finished', -3, /OCSP: responder http:\/\/127\.0\.0\.1:\d+: (no answer within 500 ms|answer cut short)/],
   ];
   for (const [what, port, why] of cases) {
-    const url = `http://127.0.0.1:${port === 0 ? silentPort : port === -1 ? closedPort : port === -2 ? garbagePort : port}/`;
+    const url = `http://127.0.0.1:${port === 0 ? silentPort : port === -1 ? closedPort : port === -2 ? garbagePort : port === -3 ? stallPort : port}/`;
     const hh = await startHarness(fx, config('require', url));
     try {
       const r = await request(hh, fx, { path: '/api/x', ...who('alice') });

@@ -50,3 +50,26 @@ t.test('what is not an xpub is refused with the reason', async (t) => {
   t.throws(() => parseXpub('x'.repeat(200)), /too long/);
   t.throws(() => parseXpub('3QJmnh'), /too short|bytes/);
 });
+
+t.test('secp256k1: k·G + Q against OpenSSL\'s (k + m)·G, doubling and infinity included', async (t) => {
+  const { mulGAdd, N } = await import('../../src/util/secp256k1.ts');
+  const { createECDH, ECDH } = await import('node:crypto');
+  const gMul = (k: bigint): [bigint, bigint] => {
+    const e = createECDH('secp256k1');
+    e.setPrivateKey(Buffer.from(k.toString(16).padStart(64, '0'), 'hex'));
+    const u = e.getPublicKey();
+    return [BigInt('0x' + u.subarray(1, 33).toString('hex')), BigInt('0x' + u.subarray(33).toString('hex'))];
+  };
+  const buf = (k: bigint) => Buffer.from(k.toString(16).padStart(64, '0'), 'hex');
+  const rand = () => (BigInt('0x' + randomBytes(32).toString('hex')) % (N - 1n)) + 1n;
+  const cases: [string, bigint, bigint][] = [['1 and 1 (a doubling)', 1n, 1n], ['N-1 and 2', N - 1n, 2n], ['2^255 and 7', 2n ** 255n, 7n], ['255 and 256', 255n, 256n]];
+  for (let i = 0; i < 20; i++) cases.push([`random ${i}`, rand(), rand()]);
+  const k0 = rand();
+  cases.push(['k and k (a doubling)', k0, k0]);
+  for (const [what, k, m] of cases) {
+    const sum = mulGAdd(buf(k), gMul(m));
+    t.same(sum, gMul((k + m) % N), what);
+  }
+  t.equal(mulGAdd(buf(k0), gMul(N - k0)), undefined, 'k·G + (−k·G) is the point at infinity');
+  t.same(ECDH.convertKey(Buffer.concat([Buffer.from([4]), buf(gMul(5n)[0]), buf(gMul(5n)[1])]), 'secp256k1', undefined, undefined, 'compressed').length, 33, 'OpenSSL takes the point back');
+});

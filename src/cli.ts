@@ -94,6 +94,10 @@ export function describeConfig(cfg: CompiledConfig): string {
     lines.push('', 'CRLs:');
     lines.push(table([['issuer', 'next update'], ...cfg.tls.crls.map((c) => [c.issuer, c.nextUpdate ? new Date(c.nextUpdate).toISOString() : '-'])]));
   }
+  const o = cfg.tls.ocsp?.settings;
+  if (o) {
+    lines.push('', `OCSP: ${o.mode}${o.mode === 'require' ? ' (no usable answer -> 401 AUTH_010)' : ' (no usable answer -> let through, logged)'}; responder ${o.responder?.href ?? "named by each certificate (authorityInfoAccess)"}; answers kept until nextUpdate, at most ${o.maxAgeSec} s; timeout ${o.timeoutMs} ms`);
+  }
   return lines.join('\n');
 }
 

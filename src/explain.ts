@@ -18,6 +18,8 @@ export interface Explanation {
   input: ExplainInput;
   sni?: string;
   conn: ConnectionInfo;
+  /** The OCSP answer about the certificate, when tls.clientAuth.ocsp is on. */
+  ocsp?: string;
   ctx?: RequestContext;
   decision?: Decision;
   /** Set when the request is refused before any policy (400, 421). */
@@ -46,23 +48,30 @@ export async function explain(cfg: CompiledConfig, input: ExplainInput, now = Da
   if (!rawHeaders.some((_, i) => i % 2 === 0 && rawHeaders[i]!.toLowerCase() === 'host')) rawHeaders.push('Host', authority);
   let clientCert: ClientCertVerdict = input.certPem ? verifyOffline(input.certPem, cfg.tls, now) : { present: false, verified: false };
   // As the server does: with tls.clientAuth.ocsp, the responder is asked (a read; it changes nothing).
-  if (cfg.tls.ocsp && clientCert.verified && clientCert.cert) clientCert = (await cfg.tls.ocsp.check(clientCert.cert, now)) ?? clientCert;
+  let ocsp: string | undefined;
+  if (cfg.tls.ocsp && clientCert.verified && clientCert.cert) {
+    const a = await cfg.tls.ocsp.answer(clientCert.cert, now);
+    const v = cfg.tls.ocsp.verdictFor(clientCert.cert, a);
+    ocsp = `${a.status}${a.detail ? `: ${a.detail}` : ''}${a.status !== 'good' && !v ? ` (${cfg.tls.ocsp.settings.mode}: let through)` : ''}`;
+    clientCert = v ?? clientCert;
+  }
   const ip = input.ip ?? '127.0.0.1';
   if (!isIP(ip)) return { error: `--ip ${ip}: not an IP address` };
   const conn: ConnectionInfo = { remoteAddress: ip, remotePort: 0, sni, resumed: false, clientCert };
+  const base = { input, sni, conn, ocsp };
   const method = input.method.toUpperCase();
   // Node's HTTP parser knows a fixed set of methods; the server answers any other with 400.
-  if (!METHODS.includes(method)) return { input, sni, conn, early: { code: 'BAD_REQUEST', status: 400, reason: `${method} is not an HTTP method the server's parser accepts (node:http METHODS)` } };
-  if (method === 'CONNECT') return { input, sni, conn, early: { code: 'BAD_REQUEST', status: 400, reason: 'CONNECT is not served: Portcullis is a reverse proxy, not a tunnel' } };
+  if (!METHODS.includes(method)) return { ...base, early: { code: 'BAD_REQUEST', status: 400, reason: `${method} is not an HTTP method the server's parser accepts (node:http METHODS)` } };
+  if (method === 'CONNECT') return { ...base, early: { code: 'BAD_REQUEST', status: 400, reason: 'CONNECT is not served: Portcullis is a reverse proxy, not a tunnel' } };
   const c = buildContext({ method, url: m[2] || '/', headers, rawHeaders }, conn, cfg);
-  if (!c.ok) return { input, sni, conn, early: { code: c.code, status: ERRORS[c.code].status, reason: c.reason } };
+  if (!c.ok) return { ...base, early: { code: c.code, status: ERRORS[c.code].status, reason: c.reason } };
   // As the server reads it: a policy that verifies the body gets one, empty when none was given.
   const body = input.body ?? Buffer.alloc(0);
   const tk = cfg.tokens;
   if (tk?.paths.has(c.ctx.path)) {
     // Portcullis' own endpoints: judged by their entries, answered here, never forwarded.
     const policies = tk.logins.get(c.ctx.path)?.map((e) => e.policy) ?? (c.ctx.path === tk.certificates?.path ? [tk.certificates.policy] : []);
-    if (!policies.length) return { input, sni, conn, early: { code: 'OK', status: 200, reason: `the JWKS of tokens.signingKey (GET ${tk.jwksPath}), served by Portcullis` } };
+    if (!policies.length) return { ...base, early: { code: 'OK', status: 200, reason: `the JWKS of tokens.signingKey (GET ${tk.jwksPath}), served by Portcullis` } };
     // As the server does: the first entry that allows; else the denial that says most.
     let decision: Decision | undefined;
     for (const policy of policies) {
@@ -70,10 +79,10 @@ export async function explain(cfg: CompiledConfig, input: ExplainInput, now = Da
       if (d.outcome === 'allow') { decision = d; break; }
       decision = tellingDenial(decision, d);
     }
-    return { input, sni, conn, ctx: c.ctx, decision: decision!, ownEndpoint: tk.logins.has(c.ctx.path) ? 'a token (tokens.logins)' : 'a client certificate (tokens.certificates)' };
+    return { ...base, ctx: c.ctx, decision: decision!, ownEndpoint: tk.logins.has(c.ctx.path) ? 'a token (tokens.logins)' : 'a client certificate (tokens.certificates)' };
   }
   const decision = await decide(cfg, c.ctx, now, { body });
-  const ex: Explanation = { input, sni, conn, ctx: c.ctx, decision };
+  const ex: Explanation = { ...base, ctx: c.ctx, decision };
   if (decision.outcome !== 'deny') {
     const up = upstreamRequest(headers, c.ctx, decision, cfg, false);
     ex.upstreamHeaders = headerObject(up.headers);
@@ -86,6 +95,7 @@ export function formatExplanation(e: Explanation): string {
   const L: string[] = [];
   L.push(`request   ${e.input.method.toUpperCase()} ${e.input.url}`);
   L.push(`tls       sni=${e.sni ?? '(none)'} client-cert=${e.conn.clientCert.present ? (e.conn.clientCert.verified ? `verified ${e.conn.clientCert.cert?.subject}` : `refused: ${e.conn.clientCert.problem} (${e.conn.clientCert.detail})`) : 'none'}`);
+  if (e.ocsp) L.push(`ocsp      ${e.ocsp}`);
   if (e.early) {
     L.push(`result    ${e.early.status} ${e.early.code}: ${e.early.reason}`);
     return L.join('\n');

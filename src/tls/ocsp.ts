@@ -222,7 +222,7 @@ export function readResponse(b: Buffer, q: Pick<Question, 'serial' | 'issuer' | 
 function post(url: URL, payload: Buffer, timeoutMs: number): Promise<Buffer> {
   return new Promise((resolve, reject) => {
     const mod = url.protocol === 'https:' ? https : http;
-    const req = mod.request(url, { method: 'POST', headers: { 'content-type': 'application/ocsp-request', accept: 'application/ocsp-response', 'content-length': payload.length } }, (res) => {
+    const req = mod.request(url, { method: 'POST', agent: false, headers: { 'content-type': 'application/ocsp-request', accept: 'application/ocsp-response', 'content-length': payload.length } }, (res) => {
       if (res.statusCode !== 200) { res.resume(); reject(new Error(`HTTP ${res.statusCode}`)); return; }
       const chunks: Buffer[] = [];
       let size = 0;
@@ -294,6 +294,19 @@ export class OcspChecker {
       return this.#verdict(cert, hit);
     }
     return this.#lookup(q, now).then((a) => this.#verdict(cert, a));
+  }
+
+  /** The answer itself (for `explain`): cached, or asked now. */
+  answer(cert: PeerCert, now: number): Promise<OcspAnswer> {
+    const q = this.#questions.get(cert.fingerprint) ?? this.#prepare(cert);
+    if ('error' in q) return Promise.resolve({ status: 'error', detail: q.error, until: 0, refreshAt: 0 });
+    const hit = this.#cache.answers.get(q.key);
+    return hit && now < hit.until ? Promise.resolve(hit) : this.#lookup(q, now);
+  }
+
+  /** What an answer means for the certificate under this mode: undefined when it may pass. */
+  verdictFor(cert: PeerCert, a: OcspAnswer): ClientCertVerdict | undefined {
+    return this.#verdict(cert, a);
   }
 
   #verdict(cert: PeerCert, a: OcspAnswer): ClientCertVerdict | undefined {

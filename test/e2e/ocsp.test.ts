@@ -298,13 +298,19 @@ t.test('answers are cached: many requests, one lookup; a revocation reaches a ke
   }
 });
 
-t.test('explain asks the responder too', async (t) => {
+t.test('explain asks the responder too, and shows its answer', async (t) => {
   const cfg = loadConfig(h.configFile);
   const ok = await explain(cfg, { method: 'GET', url: 'https://a.test/api/x', headers: [], certPem: readFileSync(p('alice.crt'), 'utf8') });
   t.ok(!('error' in ok) && ok.decision?.outcome === 'allow', 'alice: allowed');
   const no = await explain(cfg, { method: 'GET', url: 'https://a.test/api/x', headers: [], certPem: readFileSync(p('rex.crt'), 'utf8') });
   t.ok(!('error' in no) && no.decision?.outcome === 'deny' && no.decision.code === 'AUTH_010', 'rex: AUTH_010');
   t.match(!('error' in no) ? no.conn.clientCert.detail : '', /OCSP: revoked/);
+  t.match(!('error' in ok) ? ok.ocsp : '', /^good$/, 'the answer is shown');
+  t.match(!('error' in no) ? no.ocsp : '', /^revoked: revoked at 2026-11-01T00:00:00.000Z \(keyCompromise\)$/);
+  const softCfg = loadConfig(soft.configFile);
+  const let1 = await explain(softCfg, { method: 'GET', url: 'https://a.test/api/x', headers: [], certPem: readFileSync(p('alice.crt'), 'utf8') });
+  t.match(!('error' in let1) ? let1.ocsp : '', /^error: responder http:\/\/127\.0\.0\.1:\d+: .*ECONNREFUSED.* \(best-effort: let through\)$/, 'best-effort says it let an unanswered certificate through');
+  t.equal(!('error' in let1) && let1.decision?.outcome, 'allow');
 });
 
 t.test('a tampered answer is never accepted', async (t) => {
@@ -328,3 +334,14 @@ t.test('a tampered answer is never accepted', async (t) => {
   t.throws(() => readResponse(der, q, Date.now() - 86_400_000), /in the future|outside its validity/, 'an answer dated after now');
 });
 
+
+t.test('portcullis check and explain, as commands, say what OCSP does', async (t) => {
+  const { spawnSync } = await import('node:child_process');
+  const BIN = new URL('../../bin/portcullis.js', import.meta.url).pathname;
+  const check = spawnSync(process.execPath, [BIN, 'check', '--config', h.configFile], { encoding: 'utf8', timeout: 30_000 });
+  t.equal(check.status, 0, check.stderr);
+  t.match(check.stdout, /OCSP: require \(no usable answer -> 401 AUTH_010\); responder named by each certificate \(authorityInfoAccess\); answers kept until nextUpdate, at most 1 s; timeout 500 ms/);
+  const ex = spawnSync(process.execPath, [BIN, 'explain', '--config', h.configFile, 'GET', 'https://a.test/api/x', '--cert', p('rex.crt')], { encoding: 'utf8', timeout: 30_000 });
+  t.match(ex.stdout, /ocsp +revoked: revoked at 2026-11-01T00:00:00\.000Z \(keyCompromise\)/);
+  t.match(ex.stdout, /result +DENY 401 AUTH_010/);
+});

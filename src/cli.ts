@@ -3,7 +3,7 @@ import { parseArgs } from 'node:util';
 import { readFileSync, existsSync } from 'node:fs';
 import { resolve, dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { loadConfig } from './config/load.ts';
+import { loadConfigFetching } from './config/load.ts';
 import { Runtime } from './runtime.ts';
 import { redactedUrl } from './store/redis.ts';
 import { jsonSchema, parseListen } from './config/schema.ts';
@@ -101,21 +101,24 @@ export function describeConfig(cfg: CompiledConfig): string {
   return lines.join('\n');
 }
 
-/** `offline` (check, explain): nothing reaches a shared store; an explained request uses up no real nonce. */
-function load(file: string, offline = false): CompiledConfig {
-  return loadConfig(file, offline ? { runtime: new Runtime({ offline: true }) } : {});
+/**
+ * `offline` (check, explain): nothing reaches a shared store; an explained request uses up no
+ * real nonce. CRLs named by URL are fetched (src/tls/crlfetch.ts).
+ */
+function load(file: string, offline = false): Promise<CompiledConfig> {
+  return loadConfigFetching(file, offline ? { runtime: new Runtime({ offline: true }) } : {});
 }
 
 async function serve(file: string): Promise<void> {
-  const cfg = load(file);
+  const cfg = await load(file);
   const logger = createLogger(cfg.logging.level);
   const clustered = workerCount(cfg) > 1;
   if (clustered && cluster.isPrimary) { await runPrimary(file, cfg, logger); return; }
   // A worker serves TLS only: the primary owns the admin port, the file watch and SIGHUP.
   const server = new PortcullisServer({ config: cfg, logger, adminListen: clustered ? false : undefined, watch: !clustered });
   await server.start();
-  if (clustered) workerHooks(server.metrics.registry, () => server.reloadFromFile()).ready();
-  else process.on('SIGHUP', () => { logger.info({ msg: 'SIGHUP: reloading config' }); server.reloadFromFile(); });
+  if (clustered) workerHooks(server.metrics.registry, () => server.reloadFetching()).ready();
+  else process.on('SIGHUP', () => { logger.info({ msg: 'SIGHUP: reloading config' }); void server.reloadFetching(); });
   let stopping = false;
   const stop = (sig: string) => {
     if (stopping) return;
@@ -176,7 +179,7 @@ export async function main(argv: string[]): Promise<number> {
       case 'check': {
         const a = args(rest, { config: { type: 'string', short: 'c' } });
         if (a.values.help) { out(USAGE); return 0; }
-        out(describeConfig(load(needConfig(a.values.config), true)));
+        out(describeConfig(await load(needConfig(a.values.config), true)));
         return 0;
       }
       case 'explain': {
@@ -184,7 +187,7 @@ export async function main(argv: string[]): Promise<number> {
         if (a.values.help) { out(USAGE); return 0; }
         const [method, url] = a.positionals;
         if (!method || !url) throw new UsageError('explain needs METHOD and URL');
-        const cfg = load(needConfig(a.values.config), true);
+        const cfg = await load(needConfig(a.values.config), true);
         let certPem: string | undefined;
         if (typeof a.values.cert === 'string') {
           try { certPem = readFileSync(a.values.cert, 'utf8'); } catch (e) { err(`cannot read --cert ${a.values.cert}: ${(e as NodeJS.ErrnoException).code}`); return 1; }

@@ -7,7 +7,7 @@ import http from 'node:http';
 import { availableParallelism } from 'node:os';
 import { AggregatorRegistry, type Registry } from 'prom-client';
 import type { CompiledConfig } from './config/compile.ts';
-import { loadConfig } from './config/load.ts';
+import { loadConfigFetching } from './config/load.ts';
 import { ConfigError } from './errors.ts';
 import type { Logger } from './log.ts';
 import { ConfigWatcher } from './watch.ts';
@@ -20,12 +20,12 @@ export function workerCount(cfg: CompiledConfig): number {
 }
 
 /** In a worker: report readiness, reload on request, and share metrics with the primary. */
-export function workerHooks(registry: Registry, reload: () => boolean): { ready(): void } {
+export function workerHooks(registry: Registry, reload: () => Promise<boolean>): { ready(): void } {
   AggregatorRegistry.setRegistries([registry]);
   // prom-client installs the worker's answer to the primary's metrics request in this constructor.
   new AggregatorRegistry();
   process.on('message', (m: ToWorker) => {
-    if (m?.type === 'reload') process.send?.({ type: 'reloaded', ok: reload() } satisfies FromWorker);
+    if (m?.type === 'reload') void reload().then((ok) => process.send?.({ type: 'reloaded', ok } satisfies FromWorker));
   });
   return { ready: () => process.send?.({ type: 'ready' } satisfies FromWorker) };
 }
@@ -74,9 +74,9 @@ export async function runPrimary(file: string, cfg: CompiledConfig, logger: Logg
   await new Promise<void>((resolve, reject) => { admin.once('error', reject); admin.listen(cfg.admin.port, cfg.admin.host, () => resolve()); });
   logger.info({ msg: 'primary listening', admin: `${cfg.admin.host}:${cfg.admin.port}`, workers: n });
 
-  const reloadAll = () => {
+  const reloadAll = async () => {
     try {
-      current = loadConfig(file, { runtime: current.runtime });
+      current = await loadConfigFetching(file, { runtime: current.runtime, refetch: current.tls.crlUrls });
     } catch (e) {
       logger.error({ msg: 'config reload refused; workers keep the previous config', issues: e instanceof ConfigError ? e.message.split('\n') : [(e as Error).message] });
       return;
@@ -85,9 +85,9 @@ export async function runPrimary(file: string, cfg: CompiledConfig, logger: Logg
     watcher.track(current.files);
     for (const w of Object.values(cluster.workers ?? {})) w?.send({ type: 'reload' } satisfies ToWorker);
   };
-  const watcher = new ConfigWatcher(() => { logger.info({ msg: 'config files changed: reloading every worker' }); reloadAll(); });
+  const watcher = new ConfigWatcher(() => { logger.info({ msg: 'config files changed: reloading every worker' }); void reloadAll(); });
   watcher.track(cfg.files);
-  process.on('SIGHUP', () => { logger.info({ msg: 'SIGHUP: reloading every worker' }); reloadAll(); });
+  process.on('SIGHUP', () => { logger.info({ msg: 'SIGHUP: reloading every worker' }); void reloadAll(); });
 
   const stop = (sig: string) => {
     if (stopping) return;

@@ -108,6 +108,7 @@ export function createMetrics() {
     configLastReloadSuccessful: new Gauge({ name: `${p}config_last_reload_successful`, help: 'Whether the last config load or reload succeeded (1) or was refused (0); the previous config keeps serving', aggregator: 'min', registers: [registry] }),
     configLastReloadSuccess: new Gauge({ name: `${p}config_last_reload_success_timestamp_seconds`, help: 'When the serving config was loaded', aggregator: 'min', registers: [registry] }),
     replaysRejected: new Counter({ name: `${p}replays_rejected_total`, help: 'Signed requests refused as replays or outside the time window', registers: [registry] }),
+    crlFetches: new Counter({ name: `${p}crl_fetches_total`, help: 'Fetches of CRLs named by URL in tls.clientAuth.crl, by result: changed (a new CRL; the config reloads), unchanged, failure (the last good CRL stays)', labelNames: ['result'], registers: [registry] }),
     ocspLookups: new Counter({ name: `${p}ocsp_lookups_total`, help: 'Client-certificate status asked of OCSP responders, by result: good, revoked, unknown (the responder does not know the certificate), error (no usable answer)', labelNames: ['result'], registers: [registry] }),
     jwksRefresh: new Counter({ name: `${p}jwks_refresh_total`, help: 'Remote JWKS fetches by result', labelNames: ['result'], registers: [registry] }),
     lockouts: new Counter({ name: `${p}lockouts_total`, help: 'Client IPs locked out after repeated authentication failures (lockout)', registers: [registry] }),

@@ -3,9 +3,12 @@
 // logs). A reload that does not change an authenticator's settings gets the same
 // instances back.
 import { RedisConnection, type RedisSettings } from './store/redis.ts';
+import { CrlSources } from './tls/crlfetch.ts';
 
 export interface AuthEvents {
   jwksRefresh(result: 'success' | 'failure'): void;
+  /** A CRL named by URL was fetched (src/tls/crlfetch.ts). */
+  crlFetch(result: 'changed' | 'unchanged' | 'failure'): void;
   /** An OCSP responder was asked about a client certificate (src/tls/ocsp.ts). */
   ocspLookup(result: 'good' | 'revoked' | 'unknown' | 'error'): void;
   replayRejected(): void;
@@ -14,7 +17,7 @@ export interface AuthEvents {
 
 const redisKey = (s: RedisSettings) => `${s.url}|${s.keyPrefix}|${s.timeoutMs}|${s.ca ?? ''}`;
 
-const NO_EVENTS: AuthEvents = { jwksRefresh() {}, ocspLookup() {}, replayRejected() {}, log() {} };
+const NO_EVENTS: AuthEvents = { jwksRefresh() {}, crlFetch() {}, ocspLookup() {}, replayRejected() {}, log() {} };
 
 export interface RuntimeOptions {
   /**
@@ -29,6 +32,8 @@ export class Runtime {
   readonly offline: boolean;
   readonly #shared = new Map<string, unknown>();
   readonly #redis = new Map<string, RedisConnection>();
+  /** CRLs named by URL, fetched (src/tls/crlfetch.ts). */
+  readonly crls = new CrlSources();
 
   constructor(opts: RuntimeOptions = {}) {
     this.offline = opts.offline ?? false;

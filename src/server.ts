@@ -5,7 +5,7 @@ import type { TLSSocket } from 'node:tls';
 import type { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import type { CompiledConfig } from './config/compile.ts';
-import { loadConfig } from './config/load.ts';
+import { CRL_FETCH_TIMEOUT_MS, loadConfig, loadConfigFetching } from './config/load.ts';
 import { ConfigError } from './errors.ts';
 import type { Logger } from './log.ts';
 import { createMetrics, type Metrics } from './metrics.ts';
@@ -48,6 +48,7 @@ export class PortcullisServer {
   #ready = false;
   readonly #opts: ServerOptions;
   #watcher?: ConfigWatcher;
+  #crlTimer?: NodeJS.Timeout;
 
   constructor(opts: ServerOptions) {
     this.#opts = opts;
@@ -59,6 +60,7 @@ export class PortcullisServer {
     opts.config.runtime.events = {
       jwksRefresh: (result) => this.metrics.jwksRefresh.inc({ result }),
       ocspLookup: (result) => this.metrics.ocspLookups.inc({ result }),
+      crlFetch: (result) => this.metrics.crlFetches.inc({ result }),
       replayRejected: () => this.metrics.replaysRejected.inc(),
       log: (level, obj) => this.logger[level](obj),
     };
@@ -221,10 +223,11 @@ export class PortcullisServer {
     for (const a of cfg.authenticators.values()) a.start?.();
     this.#useStore(cfg);
     if (this.#opts.watch !== false) {
-      this.#watcher = new ConfigWatcher(() => { this.logger.info({ msg: 'config files changed: reloading' }); this.reloadFromFile(); });
+      this.#watcher = new ConfigWatcher(() => { this.logger.info({ msg: 'config files changed: reloading' }); void this.reloadFetching(); });
       this.#watcher.track(cfg.files);
     }
     this.#ready = true;
+    this.#scheduleCrlRefresh();
     this.metrics.configReloads.inc({ result: 'success' });
     this.metrics.configLastReloadSuccessful.set(1);
     this.metrics.configLastReloadSuccess.set(cfg.loadedAt / 1000);
@@ -280,6 +283,7 @@ export class PortcullisServer {
     for (const a of next.authenticators.values()) a.start?.();
     this.#useStore(next);
     this.#watcher?.track(next.files);
+    this.#scheduleCrlRefresh();
     this.metrics.configReloads.inc({ result: 'success' });
     this.metrics.configLastReloadSuccessful.set(1);
     this.metrics.configLastReloadSuccess.set(next.loadedAt / 1000);
@@ -292,17 +296,47 @@ export class PortcullisServer {
       this.reload(loadConfig(this.#config.file, { runtime: this.#config.runtime }));
       return true;
     } catch (e) {
-      this.metrics.configReloads.inc({ result: 'failure' });
-      this.metrics.configLastReloadSuccessful.set(0);
-      const issues = e instanceof ConfigError ? e.message.split('\n') : [(e as Error).message];
-      this.logger.error({ msg: 'config reload refused; still serving the previous config', issues });
-      return false;
+      return this.#reloadRefused(e);
     }
+  }
+
+  /** The same, fetching again the CRLs the config names by URL (file change, SIGHUP, a worker's reload). */
+  async reloadFetching(): Promise<boolean> {
+    try {
+      this.reload(await loadConfigFetching(this.#config.file, { runtime: this.#config.runtime, refetch: this.#config.tls.crlUrls }));
+      return true;
+    } catch (e) {
+      return this.#reloadRefused(e);
+    }
+  }
+
+  /** CRLs named by URL: fetched every crlRefreshSec; a changed one reloads the config. */
+  #scheduleCrlRefresh(): void {
+    clearTimeout(this.#crlTimer);
+    const t = this.#config.tls;
+    if (!t.crlUrls.length || !this.#accepting) return;
+    this.#crlTimer = setTimeout(() => {
+      const urls = this.#config.tls.crlUrls;
+      void this.#config.runtime.crls.fetch(urls, CRL_FETCH_TIMEOUT_MS, this.#config.runtime.events).then((changed) => {
+        if (changed) { this.logger.info({ msg: 'a CRL fetched by URL changed: reloading', urls }); this.reloadFromFile(); }
+        this.#scheduleCrlRefresh();
+      });
+    }, t.crlRefreshSec * 1000);
+    this.#crlTimer.unref();
+  }
+
+  #reloadRefused(e: unknown): false {
+    this.metrics.configReloads.inc({ result: 'failure' });
+    this.metrics.configLastReloadSuccessful.set(0);
+    const issues = e instanceof ConfigError ? e.message.split('\n') : [(e as Error).message];
+    this.logger.error({ msg: 'config reload refused; still serving the previous config', issues });
+    return false;
   }
 
   /** Stop accepting, fail /readyz, drain in-flight requests within shutdownMs, then close. */
   async close(): Promise<void> {
     this.#accepting = false;
+    clearTimeout(this.#crlTimer);
     this.#watcher?.close();
     const deadline = Date.now() + this.#config.server.timeouts.shutdownMs;
     const closed = new Promise<void>((r) => this.#https.close(() => r()));

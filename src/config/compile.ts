@@ -78,7 +78,7 @@ export function compile(raw: RawConfig, opts: CompileOptions): CompiledConfig {
   const resolvePath = (p: string) => resolve(opts.baseDir, p);
 
   const runtime = opts.runtime ?? new Runtime();
-  const table = buildTls(raw.tls, resolvePath, now, issues);
+  const table = buildTls(raw.tls, resolvePath, now, issues, runtime.crls);
   const ocsp = raw.tls.clientAuth?.ocsp;
   const tls: TlsTable | undefined = table && ocsp ? Object.freeze({
     ...table,

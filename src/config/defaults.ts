@@ -26,6 +26,7 @@ export const DEFAULTS = {
     minVersion: 'TLSv1.2' as const,
     unknownSni: 'reject' as const,
     sessionTimeoutSec: 300, // 5 min: how long a TLS session may be resumed
+    crlRefreshSec: 300, // CRLs named by URL are fetched again every 5 min
     ocsp: {
       mode: 'require' as const, // fail closed: a certificate whose status cannot be learnt is refused
       timeoutMs: 3_000, // 3 s for the responder's answer

@@ -8,6 +8,10 @@ import { ConfigError, type ConfigIssue } from '../errors.ts';
 import { configSchema, type RawConfig } from './schema.ts';
 import { AUTHENTICATOR_TYPES } from '../authenticators/registry.ts';
 import { compile, type CompiledConfig, type CompileOptions } from './compile.ts';
+import { Runtime } from '../runtime.ts';
+
+/** How long one CRL fetch may take. */
+export const CRL_FETCH_TIMEOUT_MS = 10_000;
 
 /** A config file over this is refused before it is read (catalogue CFG-04). */
 const MAX_CONFIG_BYTES = 4 << 20;
@@ -137,5 +141,26 @@ export function loadConfig(file: string, opts: Partial<CompileOptions> = {}): Co
       const node = locate(p.doc, i.path);
       return { ...i, where: node?.range ? position(file, p.lines, node.range[0]) : file };
     }));
+  }
+}
+
+/**
+ * loadConfig, fetching the CRLs the config names by URL first (src/tls/crlfetch.ts): those
+ * not fetched yet, or all of them with `refetch` (a reload). A CRL that cannot be fetched
+ * and was never fetched fails the load, with the reason.
+ */
+export async function loadConfigFetching(file: string, opts: Partial<CompileOptions> & { refetch?: readonly string[] } = {}): Promise<CompiledConfig> {
+  const runtime = opts.runtime ?? new Runtime();
+  const o = { ...opts, runtime };
+  delete o.refetch;
+  if (opts.refetch?.length) await runtime.crls.fetch(opts.refetch, CRL_FETCH_TIMEOUT_MS, runtime.events);
+  try {
+    return loadConfig(file, o);
+  } catch (e) {
+    const wanted = runtime.crls.takeWanted();
+    if (!(e instanceof ConfigError) || !wanted.length) throw e;
+    await runtime.crls.fetch(wanted, CRL_FETCH_TIMEOUT_MS, runtime.events);
+    runtime.crls.takeWanted();
+    return loadConfig(file, o);
   }
 }

@@ -121,7 +121,9 @@ export const configSchema = z.strictObject({
     sessionTimeoutSec: z.number().int().min(0).max(86_400).default(D.tls.sessionTimeoutSec),
     clientAuth: z.strictObject({
       ca: z.string().min(1),
+      /** PEM files, or http(s):// URLs fetched at load and every crlRefreshSec (src/tls/crlfetch.ts). */
       crl: z.union([z.string().min(1), z.array(z.string().min(1)).min(1)]).optional(),
+      crlRefreshSec: z.number().int().min(1).max(86_400).default(D.tls.crlRefreshSec),
       /** OCSP checking of each client certificate (src/tls/ocsp.ts). */
       ocsp: z.strictObject({
         mode: z.enum(['require', 'best-effort']).default(D.tls.ocsp.mode),

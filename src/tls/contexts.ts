@@ -6,6 +6,7 @@ import { createSecureContext, type SecureContext, type SecureContextOptions } fr
 import { isIP } from 'node:net';
 import type { ConfigIssue } from '../errors.ts';
 import type { OcspChecker } from './ocsp.ts';
+import { isUrl, type CrlSources } from './crlfetch.ts';
 import { crlSignature, pemBlocks, readCertificate, readCrl, nameToString, toPem } from './asn1.ts';
 
 // TLS 1.3: the three AEAD suites, AES-128-GCM first as in TLS 1.2 below and in Mozilla's
@@ -55,6 +56,9 @@ export interface TlsTable {
   readonly files: readonly string[];
   /** OCSP checking of client certificates (tls.clientAuth.ocsp), when configured. */
   readonly ocsp?: OcspChecker;
+  /** CRLs fetched by URL (tls.clientAuth.crl), refreshed every crlRefreshSec. */
+  readonly crlUrls: readonly string[];
+  readonly crlRefreshSec: number;
 }
 
 export interface TlsInput {
@@ -62,7 +66,7 @@ export interface TlsInput {
   certificates: { hosts: string[]; cert: string; key: string }[];
   unknownSni: 'reject' | 'default';
   sessionTimeoutSec: number;
-  clientAuth?: { ca: string; crl?: string | string[] };
+  clientAuth?: { ca: string; crl?: string | string[]; crlRefreshSec?: number };
 }
 
 function read(file: string, path: (string | number)[], issues: ConfigIssue[], shown: string): string | undefined {
@@ -74,8 +78,9 @@ function read(file: string, path: (string | number)[], issues: ConfigIssue[], sh
   }
 }
 
-export function buildTls(input: TlsInput, resolvePath: (p: string) => string, now: number, issues: ConfigIssue[]): TlsTable | undefined {
+export function buildTls(input: TlsInput, resolvePath: (p: string) => string, now: number, issues: ConfigIssue[], sources?: CrlSources): TlsTable | undefined {
   const files: string[] = [];
+  const crlUrls: string[] = [];
   // Fresh per load: sessions from an older trust configuration never resume.
   const ticketKeys = randomBytes(48);
   const sessionIdContext = randomBytes(16).toString('hex');
@@ -114,9 +119,18 @@ export function buildTls(input: TlsInput, resolvePath: (p: string) => string, no
       const issuers: Buffer[] = [];
       list.forEach((name, i) => {
         const path = Array.isArray(input.clientAuth!.crl) ? ['tls', 'clientAuth', 'crl', i] : ['tls', 'clientAuth', 'crl'];
-        const file = resolvePath(name);
-        files.push(file);
-        const text = read(file, path, issues, name);
+        let text: string | undefined;
+        if (isUrl(name)) {
+          // Fetched, not read: src/tls/crlfetch.ts.
+          crlUrls.push(name);
+          const got = sources?.lookup(name) ?? { error: 'CRLs by URL are not fetched here' };
+          if ('error' in got) { issues.push({ path, message: got.error }); return; }
+          text = got.pem;
+        } else {
+          const file = resolvePath(name);
+          files.push(file);
+          text = read(file, path, issues, name);
+        }
         if (text === undefined) return;
         const blocks = pemBlocks(text, 'X509 CRL');
         if (!blocks.length) { issues.push({ path, message: `${name} holds no PEM CRL (-----BEGIN X509 CRL-----)` }); return; }
@@ -229,5 +243,7 @@ export function buildTls(input: TlsInput, resolvePath: (p: string) => string, no
     trust: { cas: trustCas, revoked },
     trustKey: createHash('sha256').update(ca ?? '').update('\0').update((crl ?? []).join('\0')).digest('hex'),
     files,
+    crlUrls,
+    crlRefreshSec: input.clientAuth?.crlRefreshSec ?? 300,
   };
 }

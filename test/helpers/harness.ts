@@ -7,7 +7,7 @@ import { join } from 'node:path';
 import { Writable } from 'node:stream';
 import { createServer, type AddressInfo } from 'node:net';
 import type http from 'node:http';
-import { loadConfig } from '../../src/config/load.ts';
+import { loadConfigFetching } from '../../src/config/load.ts';
 import { createLogger } from '../../src/log.ts';
 import { PortcullisServer } from '../../src/server.ts';
 import { createEchoServer, type EchoRecord } from '../../src/echo.ts';
@@ -63,7 +63,7 @@ export async function startHarness(fx: Fixture, yaml: string, opts: { upstreamPo
   const logger = createLogger('debug', logSink(logs) as never);
   let server: PortcullisServer, port: number, adminPort: number | undefined;
   try {
-    server = new PortcullisServer({ config: loadConfig(configFile), logger, now: opts.now, listen: { host: '127.0.0.1', port: 0 }, adminListen: { host: '127.0.0.1', port: 0 } });
+    server = new PortcullisServer({ config: await loadConfigFetching(configFile), logger, now: opts.now, listen: { host: '127.0.0.1', port: 0 }, adminListen: { host: '127.0.0.1', port: 0 } });
     ({ port, adminPort } = await server.start());
   } catch (e) {
     // A config that does not load must fail the test, not leave the upstream listening (tap would wait for it).

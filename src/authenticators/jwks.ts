@@ -3,10 +3,9 @@
 // cooldown), and refreshes in the background after maxAge. Key selection is
 // jose's local key set. One instance per URL for the life of the process, so
 // reloads do not drop the keys.
-import http from 'node:http';
-import https from 'node:https';
 import { createLocalJWKSet, type JWSHeaderParameters, type FlattenedJWSInput, type JSONWebKeySet } from 'jose';
 import type { AuthEvents } from '../runtime.ts';
+import { fetchBytes } from '../util/fetch.ts';
 
 export interface RemoteJwksOptions {
   timeoutMs: number;
@@ -21,20 +20,9 @@ export class JwksUnavailable extends Error {}
 
 type GetKey = ReturnType<typeof createLocalJWKSet>;
 
-function fetchJson(url: URL, o: RemoteJwksOptions): Promise<unknown> {
-  return new Promise((resolve, reject) => {
-    const mod = url.protocol === 'https:' ? https : http;
-    const req = mod.get(url, { timeout: o.timeoutMs, ca: o.ca, headers: { accept: 'application/json' } }, (res) => {
-      if (res.statusCode !== 200) { res.resume(); reject(new Error(`HTTP ${res.statusCode}`)); return; }
-      const chunks: Buffer[] = [];
-      let size = 0;
-      res.on('data', (c: Buffer) => { size += c.length; if (size > o.maxBytes) { req.destroy(new Error('JWKS too large')); } else chunks.push(c); });
-      res.on('end', () => { try { resolve(JSON.parse(Buffer.concat(chunks).toString('utf8'))); } catch (e) { reject(e); } });
-      res.on('error', reject);
-    });
-    req.on('timeout', () => req.destroy(new Error(`timed out after ${o.timeoutMs} ms`)));
-    req.on('error', reject);
-  });
+async function fetchJson(url: URL, o: RemoteJwksOptions): Promise<unknown> {
+  const body = await fetchBytes(url, { timeoutMs: o.timeoutMs, maxBytes: o.maxBytes, ca: o.ca, headers: { accept: 'application/json' } });
+  return JSON.parse(body.toString('utf8'));
 }
 
 export class RemoteJwks {

@@ -5,32 +5,13 @@
 // when a CRL changed: the same validation and swap as a CRL file that changed on disk.
 // A failed fetch keeps the last good CRL; once its nextUpdate passes, OpenSSL refuses the
 // certificates of its CA (fail closed), as with a stale file.
-import http from 'node:http';
-import https from 'node:https';
 import { pemBlocks, toPem } from './asn1.ts';
+import { fetchBytes } from '../util/fetch.ts';
 
 /** CRLs of large CAs run to megabytes; anything beyond this is refused. */
 const MAX_CRL_BYTES = 32 << 20;
 
 export const isUrl = (s: string) => /^https?:\/\//i.test(s);
-
-function get(url: string, timeoutMs: number): Promise<Buffer> {
-  return new Promise((resolve, reject) => {
-    const mod = url.toLowerCase().startsWith('https:') ? https : http;
-    const req = mod.get(url, { agent: false, headers: { accept: 'application/pkix-crl, application/x-pem-file' } }, (res) => {
-      if (res.statusCode !== 200) { res.resume(); reject(new Error(`HTTP ${res.statusCode}`)); return; }
-      const chunks: Buffer[] = [];
-      let size = 0;
-      res.on('data', (c: Buffer) => { size += c.length; if (size > MAX_CRL_BYTES) req.destroy(new Error(`over ${MAX_CRL_BYTES >> 20} MiB`)); else chunks.push(c); });
-      res.on('end', () => resolve(Buffer.concat(chunks)));
-      res.on('error', reject);
-      res.on('close', () => { if (!res.complete) reject(new Error('cut short')); });
-    });
-    const timer = setTimeout(() => req.destroy(new Error(`no answer within ${timeoutMs} ms`)), timeoutMs);
-    req.on('close', () => clearTimeout(timer));
-    req.on('error', reject);
-  });
-}
 
 /** PEM text of the CRL(s) in a body that is PEM or a single DER CRL; throws when it is neither. */
 function asPem(body: Buffer): string {
@@ -74,7 +55,7 @@ export class CrlSources {
     let changed = false;
     await Promise.all(urls.map(async (url) => {
       try {
-        const pem = asPem(await get(url, timeoutMs));
+        const pem = asPem(await fetchBytes(url, { timeoutMs, maxBytes: MAX_CRL_BYTES, headers: { accept: 'application/pkix-crl, application/x-pem-file' } }));
         this.#error.delete(url);
         if (this.#pem.get(url) === pem) { events?.crlFetch('unchanged'); return; }
         this.#pem.set(url, pem);

@@ -9,12 +9,11 @@
 // `require` refuses a certificate whose status cannot be learnt (responder down,
 // malformed or unsigned answer, status "unknown"); `best-effort` lets it through and
 // logs. A "revoked" answer refuses in both modes.
-import http from 'node:http';
-import https from 'node:https';
 import { createHash, verify, X509Certificate } from 'node:crypto';
 import { LRUCache } from 'lru-cache';
 import { oidString, SIGNATURE_DIGESTS, tlv, tlvChildren, type Tlv } from './asn1.ts';
 import type { ClientCertVerdict, PeerCert } from './peer.ts';
+import { fetchBytes } from '../util/fetch.ts';
 
 export interface OcspSettings {
   readonly mode: 'require' | 'best-effort';
@@ -219,27 +218,6 @@ export function readResponse(b: Buffer, q: Pick<Question, 'serial' | 'issuer' | 
   throw new Error('the answer is not about this certificate');
 }
 
-function post(url: URL, payload: Buffer, timeoutMs: number): Promise<Buffer> {
-  return new Promise((resolve, reject) => {
-    const mod = url.protocol === 'https:' ? https : http;
-    const req = mod.request(url, { method: 'POST', agent: false, headers: { 'content-type': 'application/ocsp-request', accept: 'application/ocsp-response', 'content-length': payload.length } }, (res) => {
-      if (res.statusCode !== 200) { res.resume(); reject(new Error(`HTTP ${res.statusCode}`)); return; }
-      const chunks: Buffer[] = [];
-      let size = 0;
-      res.on('data', (c: Buffer) => { size += c.length; if (size > MAX_RESPONSE_BYTES) req.destroy(new Error(`answer over ${MAX_RESPONSE_BYTES} bytes`)); else chunks.push(c); });
-      res.on('end', () => resolve(Buffer.concat(chunks)));
-      res.on('error', reject);
-      // Cut off mid-answer (the deadline, or the responder): settle rather than wait for an 'end' that never comes.
-      res.on('close', () => { if (!res.complete) reject(new Error('answer cut short')); });
-    });
-    // One deadline for the whole exchange (a socket timeout would reset on every byte).
-    const timer = setTimeout(() => req.destroy(new Error(`no answer within ${timeoutMs} ms`)), timeoutMs);
-    req.on('close', () => clearTimeout(timer));
-    req.on('error', reject);
-    req.end(payload);
-  });
-}
-
 // ---- The checker -----------------------------------------------------------------------
 
 /** Answers and lookups in flight, for the life of the process (a reload keeps them). */
@@ -322,7 +300,7 @@ export class OcspChecker {
     if (running) return running;
     const s = this.settings;
     const maxMs = s.maxAgeSec * 1000;
-    const p = post(q.url!, q.request, s.timeoutMs)
+    const p = fetchBytes(q.url!, { method: 'POST', body: q.request, timeoutMs: s.timeoutMs, maxBytes: MAX_RESPONSE_BYTES, headers: { 'content-type': 'application/ocsp-request', accept: 'application/ocsp-response', 'content-length': q.request.length } })
       .then((b) => {
         const r = readResponse(b, q, now);
         const until = Math.min(r.nextUpdate ?? now + maxMs, now + maxMs);

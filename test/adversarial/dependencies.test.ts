@@ -12,12 +12,20 @@ import { startHarness, request, baseConfig } from '../helpers/harness.ts';
 const fx = makeFixture();
 const rsa = generateKeyPairSync('rsa', { modulusLength: 2048 });
 const token = jsonwebtoken.sign({ sub: 'u' }, rsa.privateKey.export({ type: 'pkcs8', format: 'pem' }) as string, { algorithm: 'RS256', keyid: 'k1', issuer: 'https://auth.example.com', expiresIn: 300 });
-let mode: 'down' | 'slow' | 'up' = 'down';
+let mode: 'down' | 'slow' | 'drip' | 'up' = 'down';
 let hits = 0;
 const jwks = http.createServer(async (_q, s) => {
   hits++;
   if (mode === 'down') { s.writeHead(500); s.end(); return; }
   if (mode === 'slow') await new Promise((r) => setTimeout(r, 3000));
+  if (mode === 'drip') {
+    // Headers at once, then a byte every 100 ms: a socket idle timeout would never fire.
+    s.writeHead(200, { 'content-type': 'application/json' });
+    const body = JSON.stringify({ keys: [{ ...(await exportJWK(rsa.publicKey)), kid: 'k1', alg: 'RS256' }] });
+    for (let i = 0; i < body.length && !s.destroyed; i++) { s.write(body[i]); await new Promise((r) => setTimeout(r, 100)); }
+    if (!s.destroyed) s.end();
+    return;
+  }
   if (!s.destroyed) s.end(JSON.stringify({ keys: [{ ...(await exportJWK(rsa.publicKey)), kid: 'k1', alg: 'RS256' }] }));
 });
 await new Promise<void>((r) => jwks.listen(0, '127.0.0.1', () => r()));
@@ -48,6 +56,10 @@ t.test('JWKS endpoint down with no keys yet: 503 and a clear log line, never an 
   mode = 'slow';
   const slow = await request(h, fx, { path: '/api/x', headers: { authorization: `Bearer ${token}` } });
   t.same([slow.status, slow.json.error.code], [503, 'INTERNAL'], 'a JWKS slower than timeoutMs: 503');
+  mode = 'drip';
+  const drip = await request(h, fx, { path: '/api/x', headers: { authorization: `Bearer ${token}` } });
+  t.same([drip.status, drip.json.error.code], [503, 'INTERNAL'], 'a JWKS that trickles in past timeoutMs: 503 (one deadline for the whole answer)');
+  t.ok(h.logs.some((l) => l.msg === 'JWKS fetch failed; keeping the last good keys' && /no answer within 500 ms|answer cut short/.test(l.reason)), 'logged with the deadline');
   mode = 'up';
   const ok = await request(h, fx, { path: '/api/x', headers: { authorization: `Bearer ${token}` } });
   t.equal(ok.status, 200, 'recovers without a restart');

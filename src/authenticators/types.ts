@@ -22,6 +22,9 @@ export interface AuthRequest {
   /** Host[:port] the client addressed (Host header or absolute-form authority). */
   readonly authority: string;
   readonly clientIp: string;
+  /** The request target as sent (origin form), and the header lines as received. */
+  readonly target?: string;
+  readonly rawHeaders?: readonly string[];
   /** The request body, present only when the authenticator declared needsBody. */
   readonly body?: Buffer;
   /** Milliseconds since the epoch, injected so tests control time. */

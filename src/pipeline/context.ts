@@ -26,6 +26,10 @@ export interface RequestContext {
   readonly priorForwardedFor?: string;
   readonly conn: ConnectionInfo;
   readonly headers: IncomingHttpHeaders;
+  /** The request target as sent (origin form: path and query), for signatures over it (sigv4). */
+  readonly target: string;
+  /** Header lines as received, names and values alternating. */
+  readonly rawHeaders: readonly string[];
 }
 
 export type ContextResult =
@@ -139,6 +143,8 @@ export function buildContext(head: RequestHead, conn: ConnectionInfo, cfg: Compi
       priorForwardedFor: peerTrusted ? joinXff(head.headers['x-forwarded-for']) : undefined,
       conn,
       headers: head.headers,
+      target,
+      rawHeaders: head.rawHeaders,
     },
   };
 }

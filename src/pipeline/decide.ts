@@ -52,7 +52,7 @@ export function decide(cfg: CompiledConfig, ctx: RequestContext, now: number, o:
   if (policy.denyIps && inList(policy.denyIps, ctx.clientIp)) return refuse(policy, trace, 'AUTH_005', `client IP ${ctx.clientIp} is in denyIps`);
   if (policy.allowIps && !inList(policy.allowIps, ctx.clientIp)) return refuse(policy, trace, 'AUTH_005', `client IP ${ctx.clientIp} is not in allowIps`);
 
-  const req: AuthRequest = { conn: ctx.conn, method: ctx.method, path: ctx.path, query: ctx.query, headers: ctx.headers, authority: ctx.authority, clientIp: ctx.clientIp, now, body: o.body };
+  const req: AuthRequest = { conn: ctx.conn, method: ctx.method, path: ctx.path, query: ctx.query, headers: ctx.headers, authority: ctx.authority, clientIp: ctx.clientIp, now, body: o.body, target: ctx.target, rawHeaders: ctx.rawHeaders };
   const result = evaluate(policy.requirement, req, trace, timed);
   return isPromise(result) ? result.then((r) => conclude(policy, trace, r)) : conclude(policy, trace, result);
 }

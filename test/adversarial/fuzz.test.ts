@@ -41,10 +41,10 @@ const base = (headers: AuthRequest['headers'], extra: Partial<AuthRequest> = {})
 const b64u = (s: string) => Buffer.from(s).toString('base64url');
 const anyText = fc.string({ maxLength: 300, unit: 'binary' });
 
-async function neverThrowsNeverAllows(t: any, a: Authenticator, arb: fc.Arbitrary<AuthRequest['headers']>) {
+async function neverThrowsNeverAllows(t: any, a: Authenticator, arb: fc.Arbitrary<AuthRequest['headers']>, extra: (h: AuthRequest['headers']) => Partial<AuthRequest> = () => ({})) {
   let allowed = 0;
   await fc.assert(fc.asyncProperty(arb, async (headers) => {
-    const v = await a.verify(base(headers));
+    const v = await a.verify(base(headers, extra(headers)));
     if (v.kind === 'allow') allowed++;
     return v.kind !== 'allow';
   }), { seed: SEED, numRuns: RUNS });
@@ -102,6 +102,17 @@ t.test('bsm xPubs: random nonces (each derives a key) and signatures around a co
     'x-auth-time': fc.constant(String(Date.now())),
     'x-auth-signature': fc.oneof(fc.tuple(fc.integer({ min: 27, max: 34 }), fc.uint8Array({ minLength: 64, maxLength: 64 })).map(([h, b]) => Buffer.concat([Buffer.from([h]), b]).toString('base64')), anyText),
   }));
+});
+
+t.test('sigv4: random and mutated Authorization / X-Amz-Date around a configured key', async (t) => {
+  const a = create({ type: 'sigv4', region: 'us-east-1', service: 'service', keys: [{ accessKeyId: 'AKIDEXAMPLE', secret: 'wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY', subject: 's' }] });
+  const valid = 'AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/20150830/us-east-1/service/aws4_request, SignedHeaders=host;x-amz-date, Signature=5fa00fa31553b73ebf1942676e86291e8372ff2a2260956d9b8aae1d763fbf31';
+  // Every input but the suite's own signed request (a valid signature of GET /, accepted at the suite's time).
+  const mutated = fc.tuple(fc.nat(valid.length), fc.nat(valid.length), anyText).map(([i, j, s]) => valid.slice(0, Math.min(i, j)) + s.slice(0, 8) + valid.slice(Math.max(i, j))).filter((x) => x !== valid);
+  const now = new Date().toISOString().replace(/[-:]/g, '').replace(/\.\d+/, '');
+  await neverThrowsNeverAllows(t, a, fc.record({ host: fc.constant('example.amazonaws.com'), authorization: fc.oneof(anyText, mutated), 'x-amz-date': fc.oneof(fc.constant(now), fc.constant('20150830T123600Z'), anyText) }),
+    // As the server hands it over: the header lines as received, so that the canonical request is built.
+    (h) => ({ method: 'GET', target: '/', body: Buffer.alloc(0), now: Date.UTC(2015, 7, 30, 12, 36, 0), rawHeaders: Object.entries(h).flatMap(([k, v]) => [k, String(v)]) }));
 });
 
 t.test('RFC 9421 structured fields: random and mutated Signature-Input / Signature', async (t) => {

@@ -46,6 +46,7 @@ const CONTRACT: Record<string, { cfg: Record<string, unknown>; garbage: AuthRequ
   apiKey: { cfg: { type: 'apiKey', keys: [{ id: 'k', hash: `sha256:${'0'.repeat(64)}`, subject: 's' }] }, garbage: { 'x-api-key': '\u0000\u00ff garbage' }, codes: ['AUTH_003'] },
   hmac: { cfg: { type: 'hmac', clients: [{ id: 'c', secret: 'x'.repeat(32), subject: 's' }] }, garbage: { 'x-api-key': 'c', 'x-signature': 'zz', 'x-timestamp': 'yesterday', 'x-nonce': 'n' }, codes: ['AUTH_003'] },
   bsm: { cfg: { type: 'bsm', keys: [{ publicKey: '0279be667ef9dcbbac55a06295ce870b07029bfcdb2dce28d959f2815b16f81798', subject: 's' }] }, garbage: { 'x-auth-key': 'xpub?', 'x-auth-signature': 'zz', 'x-auth-hash': 'h', 'x-auth-nonce': 'n', 'x-auth-time': 'now' }, codes: ['AUTH_003'] },
+  sigv4: { cfg: { type: 'sigv4', region: 'us-east-1', service: 'service', keys: [{ accessKeyId: 'AKIDEXAMPLE', secret: 'wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY', subject: 's' }] }, garbage: { authorization: 'AWS4-HMAC-SHA256 Credential=%%, Signature=zz' }, codes: ['AUTH_003'] },
 };
 
 t.test('contract: every registered authenticator', async (t) => {

@@ -1,0 +1,220 @@
+// type: sigv4 — AWS Signature Version 4 (AWS4-HMAC-SHA256) verified on inbound requests,
+// so that callers that already sign with an AWS SDK, the AWS CLI's signer or
+// `curl --aws-sigv4` can authenticate to any service behind Portcullis with an access key
+// pair. Envoy only signs outbound requests; none of the proxies compared verifies inbound
+// SigV4 (shared/reference/anchors.md). The canonical request is rebuilt from the request as
+// received (raw target, raw header lines, the body's SHA-256), per AWS's rules and its test
+// suite (shared/reference/vectors/aws-sigv4).
+import { createHash, createHmac, timingSafeEqual } from 'node:crypto';
+import { z } from 'zod';
+import { ConfigError } from '../errors.ts';
+import { MemoryNonceStore, type NonceStore, type NonceVerdict } from '../store/nonces.ts';
+import { RedisNonceStore } from '../store/redis.ts';
+import { singleHeader } from '../util/net.ts';
+import { allow, defineAuthenticator, deny, skip, type AuthRequest, type Verdict } from './types.ts';
+
+const keyEntry = z.strictObject({
+  accessKeyId: z.string().regex(/^[A-Za-z0-9]{4,128}$/, 'must be 4-128 letters and digits'),
+  secret: z.string().min(16, 'must be at least 16 characters'),
+  subject: z.string().min(1),
+  scopes: z.array(z.string().min(1)).default([]),
+  revoked: z.boolean().default(false),
+});
+
+const schema = z.strictObject({
+  type: z.literal('sigv4'),
+  /** The credential scope's region: one, or a list of those accepted. */
+  region: z.union([z.string().min(1), z.array(z.string().min(1)).min(1)]),
+  /** The credential scope's service name. */
+  service: z.string().min(1),
+  keys: z.array(keyEntry).min(1),
+  /** How far X-Amz-Date may be from now (AWS allows 15 min; a smaller window is stricter). */
+  maxSkewSec: z.number().int().min(1).max(3600).default(300),
+  /** Remove dot segments and empty segments from the path before signing, as AWS does for every service but S3. */
+  normalizePath: z.boolean().default(true),
+  /** Accept `x-amz-content-sha256: UNSIGNED-PAYLOAD` (the body is then not covered). */
+  unsignedPayload: z.boolean().default(false),
+  /** Refuse a signature seen before within the window (AWS does not; two identical requests in one second then collide). */
+  rejectReplays: z.boolean().default(false),
+  nonceCapacity: z.number().int().min(100).default(100_000),
+  forward: z.boolean().default(false),
+});
+
+const ALGORITHM = 'AWS4-HMAC-SHA256';
+const sha256 = (b: string | Buffer) => createHash('sha256').update(b).digest('hex');
+const hmac = (k: string | Buffer, m: string) => createHmac('sha256', k).update(m).digest();
+
+/** RFC 3986 encoding: everything but A-Z a-z 0-9 - _ . ~ as %XY. */
+const encode = (s: string) => encodeURIComponent(s).replace(/[!'()*]/g, (c) => `%${c.charCodeAt(0).toString(16).toUpperCase()}`);
+
+function decode(s: string): string | undefined {
+  try { return decodeURIComponent(s); } catch { return undefined; }
+}
+
+/** The canonical URI of a raw path; undefined when it holds a malformed escape. */
+export function canonicalUri(rawPath: string, normalize: boolean): string | undefined {
+  const pieces = rawPath.split('/').slice(1);
+  const out: string[] = [];
+  for (const p of pieces) {
+    const d = decode(p);
+    if (d === undefined) return undefined;
+    if (normalize) {
+      if (d === '' || d === '.') continue;
+      if (d === '..') { out.pop(); continue; }
+    }
+    out.push(encode(d));
+  }
+  let path = '/' + out.join('/');
+  if (normalize && rawPath.endsWith('/') && path !== '/') path += '/';
+  return path;
+}
+
+/** The canonical query string: each name and value decoded, encoded again, sorted. */
+export function canonicalQuery(rawQuery: string): string | undefined {
+  const pairs: [string, string][] = [];
+  for (const part of rawQuery.split('&')) {
+    if (!part) continue;
+    const i = part.indexOf('=');
+    const k = decode(i < 0 ? part : part.slice(0, i)), v = decode(i < 0 ? '' : part.slice(i + 1));
+    if (k === undefined || v === undefined) return undefined;
+    pairs.push([encode(k), encode(v)]);
+  }
+  pairs.sort((a, b) => (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : a[1] < b[1] ? -1 : a[1] > b[1] ? 1 : 0));
+  return pairs.map(([k, v]) => `${k}=${v}`).join('&');
+}
+
+export interface CanonicalInput {
+  method: string;
+  /** The request target as sent: path and query. */
+  target: string;
+  /** Header lines as received: [name, value, name, value, ...]. */
+  rawHeaders: readonly string[];
+  /** Lower-case, sorted, ";"-joined. */
+  signedHeaders: string;
+  payloadHash: string;
+  normalizePath: boolean;
+}
+
+/** AWS's canonical request; a string naming the problem when one cannot be built. */
+export function canonicalRequest(c: CanonicalInput): { creq: string } | { error: string } {
+  const q = c.target.indexOf('?');
+  const uri = canonicalUri(q < 0 ? c.target : c.target.slice(0, q), c.normalizePath);
+  const query = canonicalQuery(q < 0 ? '' : c.target.slice(q + 1));
+  if (uri === undefined || query === undefined) return { error: 'malformed percent-encoding in the request target' };
+  const values = new Map<string, string[]>();
+  for (let i = 0; i + 1 < c.rawHeaders.length; i += 2) {
+    const name = c.rawHeaders[i]!.toLowerCase();
+    let list = values.get(name);
+    if (!list) values.set(name, (list = []));
+    list.push(c.rawHeaders[i + 1]!.trim().replace(/\s+/g, ' '));
+  }
+  const lines: string[] = [];
+  for (const name of c.signedHeaders.split(';')) {
+    const v = values.get(name);
+    if (!v) return { error: `signed header ${name} is not in the request` };
+    lines.push(`${name}:${v.join(',')}`);
+  }
+  return { creq: [c.method, uri, query, lines.join('\n') + '\n', c.signedHeaders, c.payloadHash].join('\n') };
+}
+
+const HEADER_LIST = /^[a-z0-9!#$%&'*+.^_`|~-]+(;[a-z0-9!#$%&'*+.^_`|~-]+)*$/;
+const AMZ_DATE = /^(\d{4})(\d{2})(\d{2})T(\d{2})(\d{2})(\d{2})Z$/;
+
+interface Key { readonly id: string; readonly secret: string; readonly revoked: boolean; readonly allowed: Verdict }
+
+export const sigv4 = defineAuthenticator({
+  type: 'sigv4',
+  schema,
+  create(cfg, ctx) {
+    const byId = new Map<string, Key>();
+    cfg.keys.forEach((k, i) => {
+      if (byId.has(k.accessKeyId)) throw new ConfigError([{ path: ['authenticators', ctx.name, 'keys', i, 'accessKeyId'], message: `${k.accessKeyId} is listed twice` }]);
+      const scopes = Object.freeze([...k.scopes]);
+      byId.set(k.accessKeyId, { id: k.accessKeyId, secret: k.secret, revoked: k.revoked, allowed: allow({ subject: k.subject, keyId: k.accessKeyId, scopes }, `signed with access key ${k.accessKeyId}`) });
+    });
+    const regions = new Set(Array.isArray(cfg.region) ? cfg.region : [cfg.region]);
+    const skewMs = cfg.maxSkewSec * 1000;
+    // The signing key depends on the day, region and service only: derived once per day per key.
+    const signingKeys = new Map<string, Buffer>();
+    const signingKey = (k: Key, date: string, region: string): Buffer => {
+      const id = `${k.id}/${date}/${region}`;
+      let sk = signingKeys.get(id);
+      if (!sk) {
+        if (signingKeys.size > 10_000) signingKeys.clear();
+        sk = hmac(hmac(hmac(hmac(`AWS4${k.secret}`, date), region), cfg.service), 'aws4_request');
+        signingKeys.set(id, sk);
+      }
+      return sk;
+    };
+    const rt = ctx.runtime;
+    const nonces: NonceStore | undefined = !cfg.rejectReplays ? undefined : ctx.store.type === 'redis' && !rt.offline
+      ? new RedisNonceStore(rt.redis(ctx.store), ctx.name)
+      : rt.shared(`nonces|${ctx.name}|sigv4|${cfg.nonceCapacity}`, () => new MemoryNonceStore(cfg.nonceCapacity));
+    const judged = (k: Key, r: NonceVerdict): Verdict => {
+      if (r === 'replay') { rt.events.replayRejected(); return deny('AUTH_009', `signature already used by access key ${k.id}`); }
+      if (r === 'full') { rt.events.log('warn', { msg: 'nonce store full: refusing signed requests until nonces expire', authenticator: ctx.name, capacity: cfg.nonceCapacity }); return deny('AUTH_007', 'nonce store full'); }
+      return k.allowed;
+    };
+
+    return {
+      name: ctx.name,
+      type: 'sigv4',
+      needsBody: true,
+      credentialHeaders: cfg.forward ? [] : ['authorization'],
+      challenge: ALGORITHM,
+      verify(req: AuthRequest): Verdict | Promise<Verdict> {
+        const auth = singleHeader(req.headers, 'authorization');
+        if (auth === undefined) return skip('AUTH_003', 'no Authorization header');
+        if (auth === 'twice') return deny('AUTH_003', 'Authorization sent more than once');
+        if (!auth.startsWith(`${ALGORITHM} `)) return skip('AUTH_003', `Authorization is not ${ALGORITHM}`);
+        const params = new Map<string, string>();
+        for (const part of auth.slice(ALGORITHM.length + 1).split(',')) {
+          const p = part.trim(), i = p.indexOf('=');
+          if (i <= 0 || params.has(p.slice(0, i))) return deny('AUTH_003', 'malformed Authorization parameters');
+          params.set(p.slice(0, i), p.slice(i + 1));
+        }
+        const credential = params.get('Credential'), signed = params.get('SignedHeaders'), signature = params.get('Signature');
+        if (params.size !== 3 || !credential || !signed || !signature) return deny('AUTH_003', 'Authorization needs exactly Credential, SignedHeaders and Signature');
+        if (!/^[0-9a-f]{64}$/.test(signature)) return deny('AUTH_003', 'Signature is not 64 lower-case hex digits');
+        const scope = credential.split('/');
+        if (scope.length !== 5 || scope[4] !== 'aws4_request' || !/^\d{8}$/.test(scope[1]!)) return deny('AUTH_003', 'Credential is not <key id>/<yyyymmdd>/<region>/<service>/aws4_request');
+        const [keyId, day, region, service] = scope as [string, string, string, string, string];
+        const names = signed.split(';');
+        if (!HEADER_LIST.test(signed) || names.some((n, i) => i > 0 && names[i - 1]! >= n)) return deny('AUTH_003', 'SignedHeaders must be lower-case names, sorted, each once');
+        if (!names.includes('host')) return deny('AUTH_003', 'SignedHeaders must include host');
+        const amzDate = singleHeader(req.headers, 'x-amz-date');
+        if (amzDate === undefined || amzDate === 'twice') return deny('AUTH_003', 'one X-Amz-Date header is required');
+        const m = AMZ_DATE.exec(amzDate);
+        if (!m) return deny('AUTH_003', 'X-Amz-Date is not yyyymmddThhmmssZ');
+        if (!names.includes('x-amz-date')) return deny('AUTH_003', 'SignedHeaders must include x-amz-date');
+        const claimed = singleHeader(req.headers, 'x-amz-content-sha256');
+        if (claimed === 'twice') return deny('AUTH_003', 'x-amz-content-sha256 sent more than once');
+        if (claimed !== undefined && !names.includes('x-amz-content-sha256')) return deny('AUTH_003', 'x-amz-content-sha256 is sent but not signed');
+        // Found or not, revoked or not, in scope or not: no HMAC yet.
+        const k = byId.get(keyId);
+        if (!k) return deny('AUTH_004', `access key ${keyId} not found`);
+        if (k.revoked) return deny('AUTH_004', `access key ${keyId} is revoked`);
+        if (!regions.has(region) || service !== cfg.service) return deny('AUTH_001', `credential scope ${region}/${service} is not accepted here`);
+        if (day !== amzDate.slice(0, 8)) return deny('AUTH_001', 'the credential scope\'s date is not X-Amz-Date\'s');
+        const t = Date.UTC(+m[1]!, +m[2]! - 1, +m[3]!, +m[4]!, +m[5]!, +m[6]!);
+        if (Math.abs(req.now - t) > skewMs) { rt.events.replayRejected(); return deny('AUTH_009', `X-Amz-Date ${Math.round((req.now - t) / 1000)} s from now, window ±${cfg.maxSkewSec} s`); }
+        let payloadHash: string;
+        if (claimed === 'UNSIGNED-PAYLOAD') {
+          if (!cfg.unsignedPayload) return deny('AUTH_001', 'UNSIGNED-PAYLOAD is not accepted (unsignedPayload: false)');
+          payloadHash = claimed;
+        } else {
+          payloadHash = sha256(req.body ?? Buffer.alloc(0));
+          if (claimed !== undefined && claimed !== payloadHash) return deny('AUTH_001', 'x-amz-content-sha256 is not the SHA-256 of the body');
+        }
+        const c = canonicalRequest({ method: req.method, target: req.target ?? `${req.path}${req.query ? `?${req.query}` : ''}`, rawHeaders: req.rawHeaders ?? [], signedHeaders: signed, payloadHash, normalizePath: cfg.normalizePath });
+        if ('error' in c) return deny('AUTH_003', c.error);
+        const sts = `${ALGORITHM}\n${amzDate}\n${day}/${region}/${service}/aws4_request\n${sha256(c.creq)}`;
+        const expected = createHmac('sha256', signingKey(k, day, region)).update(sts).digest();
+        if (!timingSafeEqual(expected, Buffer.from(signature, 'hex'))) return deny('AUTH_001', 'signature does not match');
+        if (!nonces) return k.allowed;
+        const r = nonces.remember(`${k.id}\u0000${signature}`, t + skewMs, req.now);
+        return typeof r === 'string' ? judged(k, r) : r.then((x) => judged(k, x));
+      },
+    };
+  },
+});

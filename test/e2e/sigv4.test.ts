@@ -1,0 +1,84 @@
+// AWS SigV4 verified on inbound requests (type: sigv4), with curl's own signer
+// (`curl --aws-sigv4`, an independent implementation) as the client, over real TLS.
+import t from 'tap';
+import { execFile } from 'node:child_process';
+import { makeFixture } from '../helpers/pki.ts';
+import { startHarness, baseConfig, type Harness } from '../helpers/harness.ts';
+
+const fx = makeFixture();
+const SECRET = 'wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY';
+let h: Harness;
+
+t.before(async () => {
+  h = await startHarness(fx, baseConfig(`
+authenticators:
+  aws:
+    type: sigv4
+    region: [us-east-1, eu-west-1]
+    service: execute-api
+    keys:
+      - { accessKeyId: AKIAPORTCULLIS0001, secret: "${SECRET}", subject: build-bot, scopes: [deploy] }
+      - { accessKeyId: AKIAPORTCULLIS0002, secret: "${SECRET}x", subject: old-bot, revoked: true }
+policies:
+  - name: api
+    match: { paths: ["/**"] }
+    authenticate: aws
+`));
+});
+t.teardown(() => h?.close());
+
+/** curl, signing with --aws-sigv4; asynchronous, since the server runs in this process. */
+function curl(args: string[], o: { user?: string; sigv4?: string } = {}): Promise<{ status: number; body: string }> {
+  return new Promise((resolve, reject) => {
+    execFile('curl', ['-sS', '-o', '-', '-w', '\n%{http_code}', '--cacert', fx.path('ca.crt'), '--resolve', `a.test:${h.port}:127.0.0.1`,
+      '--aws-sigv4', o.sigv4 ?? 'aws:amz:us-east-1:execute-api', '--user', o.user ?? `AKIAPORTCULLIS0001:${SECRET}`, ...args], { timeout: 20_000 }, (err, stdout, stderr) => {
+      if (err && !stdout) { reject(new Error(`${err.message} ${stderr}`)); return; }
+      const i = stdout.lastIndexOf('\n');
+      resolve({ status: Number(stdout.slice(i + 1)), body: stdout.slice(0, i) });
+    });
+  });
+}
+const url = (p: string) => `https://a.test:${(h as Harness).port}${p}`;
+
+t.test('curl --aws-sigv4: GET, a query, a JSON POST; the identity reaches the upstream and the signature does not', async (t) => {
+  let r = await curl([url('/v1/deployments/42')]);
+  t.equal(r.status, 200, r.body);
+  let up = h.seen.at(-1)!;
+  t.same([up.headers['x-auth-user-id'], up.headers['x-auth-key-id'], up.headers['x-auth-scopes'], up.headers['x-auth-method']], ['build-bot', 'AKIAPORTCULLIS0001', 'deploy', 'sigv4']);
+  t.notOk(up.headers.authorization, 'the Authorization header is not forwarded');
+  t.ok(up.headers['x-amz-date'], 'the other headers are');
+  r = await curl([url('/v1/deployments?status=running')]);
+  t.equal(r.status, 200, 'with a query');
+  const body = JSON.stringify({ service: 'web', version: '1.4.2' });
+  r = await curl(['-X', 'POST', '-H', 'content-type: application/json', '--data-binary', body, url('/v1/deployments')]);
+  t.equal(r.status, 200, 'a POST with a body');
+  up = h.seen.at(-1)!;
+  t.equal(up.body, body, 'the body arrives whole');
+  r = await curl([url('/v1/a%20b/%C3%A9')]);
+  t.equal(r.status, 200, 'a path with escapes');
+  r = await curl([url('/v1/deployments')], { sigv4: 'aws:amz:eu-west-1:execute-api' });
+  t.equal(r.status, 200, 'the other accepted region');
+});
+
+t.test('what curl signs wrongly is refused with the exact code, and nothing is forwarded', async (t) => {
+  const seen = h.seen.length;
+  const cases: [string, Promise<{ status: number; body: string }>, number, string][] = [
+    ['a wrong secret', curl([url('/v1/x')], { user: `AKIAPORTCULLIS0001:${SECRET}wrong` }), 401, 'AUTH_001'],
+    ['an unknown key', curl([url('/v1/x')], { user: `AKIAUNKNOWN0000001:${SECRET}` }), 401, 'AUTH_004'],
+    ['a revoked key', curl([url('/v1/x')], { user: `AKIAPORTCULLIS0002:${SECRET}x` }), 401, 'AUTH_004'],
+    ['a region not accepted', curl([url('/v1/x')], { sigv4: 'aws:amz:ap-south-1:execute-api' }), 401, 'AUTH_001'],
+    ['another service', curl([url('/v1/x')], { sigv4: 'aws:amz:us-east-1:s3' }), 401, 'AUTH_001'],
+    ['an X-Amz-Date of its own beside curl\'s', curl(['-H', 'x-amz-date: 20200101T000000Z', url('/v1/x')]), 401, 'AUTH_003'],
+  ];
+  for (const [what, p, status, code] of cases) {
+    const r = await p;
+    t.same([r.status, JSON.parse(r.body).error?.code], [status, code], what);
+  }
+  t.equal(h.seen.length, seen, 'nothing reached the upstream');
+  const reasons = h.logs.filter((l) => l.msg === 'denied').map((l) => l.trace?.[0]?.reason).join('\n');
+  for (const why of ['signature does not match', 'access key AKIAUNKNOWN0000001 not found', 'access key AKIAPORTCULLIS0002 is revoked', 'credential scope ap-south-1/execute-api is not accepted', 'credential scope us-east-1/s3 is not accepted', 'X-Amz-Date is not yyyymmddThhmmssZ']) {
+    t.ok(reasons.includes(why), `logged: ${why}`);
+  }
+  const plain = await new Promise<{ status: number; body: string }>((resolve) => execFile('curl', ['-sS', '-o', '-', '-w', '\n%{http_code}', '--cacert', fx.path('ca.crt'), '--resolve', `a.test:${h.port}:127.0.0.1`, url('/v1/x')], (_e, out) => { const i = out.lastIndexOf('\n'); resolve({ status: Number(out.slice(i + 1)), body: out.slice(0, i) }); }));
+  t.same([plain.status, JSON.parse(plain.body).error.code], [401, 'AUTH_003'], 'unsigned');
+});

@@ -32,6 +32,8 @@ const schema = z.strictObject({
   maxSkewSec: z.number().int().min(1).max(3600).default(300),
   /** Remove dot segments and empty segments from the path before signing, as AWS does for every service but S3. */
   normalizePath: z.boolean().default(true),
+  /** double: the path as sent is encoded again (AWS's rule but for S3; the AWS SDKs); single: decoded, then encoded once (S3; curl --aws-sigv4 before 8.x). */
+  pathEncoding: z.enum(['double', 'single']).default('double'),
   /** Accept `x-amz-content-sha256: UNSIGNED-PAYLOAD` (the body is then not covered). */
   unsignedPayload: z.boolean().default(false),
   /** Refuse a signature seen before within the window (AWS does not; two identical requests in one second then collide). */
@@ -51,18 +53,22 @@ function decode(s: string): string | undefined {
   try { return decodeURIComponent(s); } catch { return undefined; }
 }
 
-/** The canonical URI of a raw path; undefined when it holds a malformed escape. */
-export function canonicalUri(rawPath: string, normalize: boolean): string | undefined {
-  const pieces = rawPath.split('/').slice(1);
+/**
+ * The canonical URI of a raw path (as sent, percent-escapes and all); undefined when it holds
+ * a malformed escape. `double` (AWS's rule for every service but S3, as the AWS SDKs sign):
+ * each segment as sent is encoded again, so "%20" becomes "%2520". `single` (S3, and curl's
+ * `--aws-sigv4` up to 8.x): each segment is decoded, then encoded once.
+ */
+export function canonicalUri(rawPath: string, normalize: boolean, encoding: 'double' | 'single' = 'double'): string | undefined {
   const out: string[] = [];
-  for (const p of pieces) {
+  for (const p of rawPath.split('/').slice(1)) {
     const d = decode(p);
     if (d === undefined) return undefined;
     if (normalize) {
       if (d === '' || d === '.') continue;
       if (d === '..') { out.pop(); continue; }
     }
-    out.push(encode(d));
+    out.push(encode(encoding === 'double' ? p : d));
   }
   let path = '/' + out.join('/');
   if (normalize && rawPath.endsWith('/') && path !== '/') path += '/';
@@ -93,12 +99,13 @@ export interface CanonicalInput {
   signedHeaders: string;
   payloadHash: string;
   normalizePath: boolean;
+  pathEncoding?: 'double' | 'single';
 }
 
 /** AWS's canonical request; a string naming the problem when one cannot be built. */
 export function canonicalRequest(c: CanonicalInput): { creq: string } | { error: string } {
   const q = c.target.indexOf('?');
-  const uri = canonicalUri(q < 0 ? c.target : c.target.slice(0, q), c.normalizePath);
+  const uri = canonicalUri(q < 0 ? c.target : c.target.slice(0, q), c.normalizePath, c.pathEncoding);
   const query = canonicalQuery(q < 0 ? '' : c.target.slice(q + 1));
   if (uri === undefined || query === undefined) return { error: 'malformed percent-encoding in the request target' };
   const values = new Map<string, string[]>();
@@ -206,7 +213,7 @@ export const sigv4 = defineAuthenticator({
           payloadHash = sha256(req.body ?? Buffer.alloc(0));
           if (claimed !== undefined && claimed !== payloadHash) return deny('AUTH_001', 'x-amz-content-sha256 is not the SHA-256 of the body');
         }
-        const c = canonicalRequest({ method: req.method, target: req.target ?? `${req.path}${req.query ? `?${req.query}` : ''}`, rawHeaders: req.rawHeaders ?? [], signedHeaders: signed, payloadHash, normalizePath: cfg.normalizePath });
+        const c = canonicalRequest({ method: req.method, target: req.target ?? `${req.path}${req.query ? `?${req.query}` : ''}`, rawHeaders: req.rawHeaders ?? [], signedHeaders: signed, payloadHash, normalizePath: cfg.normalizePath, pathEncoding: cfg.pathEncoding });
         if ('error' in c) return deny('AUTH_003', c.error);
         const sts = `${ALGORITHM}\n${amzDate}\n${day}/${region}/${service}/aws4_request\n${sha256(c.creq)}`;
         const expected = createHmac('sha256', signingKey(k, day, region)).update(sts).digest();

@@ -1,7 +1,10 @@
-// AWS SigV4 verified on inbound requests (type: sigv4), with curl's own signer
-// (`curl --aws-sigv4`, an independent implementation) as the client, over real TLS.
+// AWS SigV4 verified on inbound requests (type: sigv4), over real TLS, with two
+// independent signers as clients: curl's own (`curl --aws-sigv4`) and the aws4 package
+// (the signer that ships AWS's test suite), which encode an escaped path differently.
 import t from 'tap';
 import { execFile } from 'node:child_process';
+import https from 'node:https';
+import aws4 from 'aws4';
 import { makeFixture } from '../helpers/pki.ts';
 import { startHarness, baseConfig, type Harness } from '../helpers/harness.ts';
 
@@ -19,7 +22,17 @@ authenticators:
     keys:
       - { accessKeyId: AKIAPORTCULLIS0001, secret: "${SECRET}", subject: build-bot, scopes: [deploy] }
       - { accessKeyId: AKIAPORTCULLIS0002, secret: "${SECRET}x", subject: old-bot, revoked: true }
+  aws-single:
+    type: sigv4
+    region: us-east-1
+    service: execute-api
+    pathEncoding: single
+    keys:
+      - { accessKeyId: AKIAPORTCULLIS0001, secret: "${SECRET}", subject: build-bot }
 policies:
+  - name: single
+    match: { paths: ["/single/**"] }
+    authenticate: aws-single
   - name: api
     match: { paths: ["/**"] }
     authenticate: aws
@@ -54,8 +67,10 @@ t.test('curl --aws-sigv4: GET, a query, a JSON POST; the identity reaches the up
   t.equal(r.status, 200, 'a POST with a body');
   up = h.seen.at(-1)!;
   t.equal(up.body, body, 'the body arrives whole');
+  r = await curl([url('/single/a%20b/%C3%A9')]);
+  t.equal(r.status, 200, 'a path with escapes, where pathEncoding is single (curl 7.88 signs the path once)');
   r = await curl([url('/v1/a%20b/%C3%A9')]);
-  t.equal(r.status, 200, 'a path with escapes');
+  t.same([r.status, JSON.parse(r.body).error.code], [401, 'AUTH_001'], 'and refused where it is double, the AWS rule curl 7.88 does not follow');
   r = await curl([url('/v1/deployments')], { sigv4: 'aws:amz:eu-west-1:execute-api' });
   t.equal(r.status, 200, 'the other accepted region');
 });
@@ -81,4 +96,36 @@ t.test('what curl signs wrongly is refused with the exact code, and nothing is f
   }
   const plain = await new Promise<{ status: number; body: string }>((resolve) => execFile('curl', ['-sS', '-o', '-', '-w', '\n%{http_code}', '--cacert', fx.path('ca.crt'), '--resolve', `a.test:${h.port}:127.0.0.1`, url('/v1/x')], (_e, out) => { const i = out.lastIndexOf('\n'); resolve({ status: Number(out.slice(i + 1)), body: out.slice(0, i) }); }));
   t.same([plain.status, JSON.parse(plain.body).error.code], [401, 'AUTH_003'], 'unsigned');
+});
+
+/** A request signed by the aws4 package, sent with Node's https client. */
+function aws4Request(o: { method?: string; path: string; body?: string; headers?: Record<string, string>; region?: string }): Promise<{ status: number; body: string }> {
+  const opts: Record<string, unknown> = {
+    host: 'a.test', method: o.method ?? 'GET', path: o.path, service: 'execute-api', region: o.region ?? 'us-east-1',
+    headers: { ...(o.headers ?? {}) }, ...(o.body !== undefined ? { body: o.body } : {}),
+  };
+  aws4.sign(opts, { accessKeyId: 'AKIAPORTCULLIS0001', secretAccessKey: SECRET });
+  return new Promise((resolve, reject) => {
+    const req = https.request({ host: '127.0.0.1', port: h.port, servername: 'a.test', ca: fx.ca.certPem, method: opts.method as string, path: opts.path as string, headers: opts.headers as Record<string, string>, agent: false }, (res) => {
+      let b = '';
+      res.on('data', (c) => { b += c; });
+      res.on('end', () => resolve({ status: res.statusCode!, body: b }));
+    });
+    req.on('error', reject);
+    req.end(o.body);
+  });
+}
+
+t.test('aws4 (AWS\'s own rule for escaped paths): escapes, an unsorted query, a body', async (t) => {
+  let r = await aws4Request({ path: '/v1/a%20b/%C3%A9' });
+  t.equal(r.status, 200, 'a path with escapes, encoded twice as AWS signs it');
+  t.equal(h.seen.at(-1)!.headers['x-auth-user-id'], 'build-bot');
+  r = await aws4Request({ path: '/v1/search?z=1&a=two%20words&a=b' });
+  t.equal(r.status, 200, 'an unsorted query with a repeated name and an escape');
+  const body = '{"replicas":3}';
+  r = await aws4Request({ method: 'PUT', path: '/v1/services/web', body, headers: { 'content-type': 'application/json' } });
+  t.equal(r.status, 200, 'a PUT with a body');
+  t.equal(h.seen.at(-1)!.body, body);
+  r = await aws4Request({ path: '/single/a%20b' });
+  t.same([r.status, JSON.parse(r.body).error.code], [401, 'AUTH_001'], 'and the double-encoded signature refused where pathEncoding is single');
 });

@@ -113,3 +113,13 @@ t.test('rejectReplays: the same signature is accepted once', async (t) => {
   t.same([again.kind, again.kind === 'allow' ? '' : again.code], ['deny', 'AUTH_009']);
   t.equal((await create().verify(parse(c.req, c.authz))).kind, 'allow', 'without it, as AWS does, a repeat passes');
 });
+
+t.test('the path\'s escapes: encoded again (AWS, every service but S3) or once (S3)', async (t) => {
+  const { canonicalUri } = await import('../../src/authenticators/sigv4.ts');
+  t.equal(canonicalUri('/a%20b/%C3%A9', true, 'double'), '/a%2520b/%25C3%25A9');
+  t.equal(canonicalUri('/a%20b/%C3%A9', true, 'single'), '/a%20b/%C3%A9');
+  t.equal(canonicalUri('/a b', true, 'single'), '/a%20b', 'a raw space, once');
+  t.equal(canonicalUri('//x/./y/../z//', true), '/x/z/', 'normalised');
+  t.equal(canonicalUri('//x/./y/../z//', false, 'single'), '//x/./y/../z//', 'not normalised (S3)');
+  t.equal(canonicalUri('/%zz', true), undefined, 'a malformed escape');
+});

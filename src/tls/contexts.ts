@@ -121,7 +121,10 @@ export function buildTls(input: TlsInput, resolvePath: (p: string) => string, no
         const path = Array.isArray(input.clientAuth!.crl) ? ['tls', 'clientAuth', 'crl', i] : ['tls', 'clientAuth', 'crl'];
         let text: string | undefined;
         if (isUrl(name)) {
-          // Fetched, not read: src/tls/crlfetch.ts.
+          // Fetched, not read: src/tls/crlfetch.ts. A URL is logged with fetch failures, so it carries no credentials.
+          let u: URL | undefined;
+          try { u = new URL(name); } catch { /* below */ }
+          if (!u || u.username || u.password) { issues.push({ path, message: `${u ? 'a CRL URL must not carry credentials' : 'not a URL'}` }); return; }
           crlUrls.push(name);
           const got = sources?.lookup(name) ?? { error: 'CRLs by URL are not fetched here' };
           if ('error' in got) { issues.push({ path, message: got.error }); return; }

@@ -84,6 +84,8 @@ t.test('a CRL that cannot be fetched at start fails the load, saying why', async
   const f = join(fx.dir, 'crl-down.yaml');
   writeFileSync(f, yaml(`http://127.0.0.1:${closed}/ca.crl`).replaceAll('{{PKI}}', fx.dir).replace('{{UPSTREAM}}', 'http://127.0.0.1:1'));
   await t.rejects(loadConfigFetching(f), /tls\.clientAuth\.crl\[0\]: cannot fetch CRL http:\/\/127\.0\.0\.1:\d+\/ca\.crl: connect ECONNREFUSED/);
+  writeFileSync(join(fx.dir, 'crl-creds.yaml'), yaml('http://user:secret@127.0.0.1:1/ca.crl').replaceAll('{{PKI}}', fx.dir).replace('{{UPSTREAM}}', 'http://127.0.0.1:1'));
+  await t.rejects(loadConfigFetching(join(fx.dir, 'crl-creds.yaml')), /tls\.clientAuth\.crl\[0\]: a CRL URL must not carry credentials/, 'credentials in the URL (they would be logged)');
   const BIN = new URL('../../bin/portcullis.js', import.meta.url).pathname;
   const r = spawnSync(process.execPath, [BIN, 'check', '--config', f], { encoding: 'utf8', timeout: 30_000 });
   t.equal(r.status, 1);

@@ -38,6 +38,8 @@ const schema = z.strictObject({
   unsignedPayload: z.boolean().default(false),
   /** Refuse a signature seen before within the window (AWS does not; two identical requests in one second then collide). */
   rejectReplays: z.boolean().default(false),
+  /** Accept presigned URLs (X-Amz-Signature and the rest in the query, valid for X-Amz-Expires seconds). */
+  presignedUrls: z.boolean().default(false),
   nonceCapacity: z.number().int().min(100).default(100_000),
   forward: z.boolean().default(false),
 });
@@ -127,6 +129,17 @@ export function canonicalRequest(c: CanonicalInput): { creq: string } | { error:
 const HEADER_LIST = /^[a-z0-9!#$%&'*+.^_`|~-]+(;[a-z0-9!#$%&'*+.^_`|~-]+)*$/;
 const AMZ_DATE = /^(\d{4})(\d{2})(\d{2})T(\d{2})(\d{2})(\d{2})Z$/;
 
+/** A presigned URL's query parameters (removed from the URL the upstream gets, unless forward). */
+const PRESIGN_PARAMS = new Set(['X-Amz-Algorithm', 'X-Amz-Credential', 'X-Amz-Date', 'X-Amz-Expires', 'X-Amz-SignedHeaders', 'X-Amz-Signature', 'X-Amz-Security-Token']);
+
+/** What a request says it was signed with: from the Authorization header, or a presigned URL. */
+interface Signed {
+  credential: string;
+  signed: string;
+  signature: string;
+  presigned?: { amzDate: string; expiresSec?: number; target: string };
+}
+
 interface Key { readonly id: string; readonly secret: string; readonly revoked: boolean; readonly allowed: Verdict }
 
 export const sigv4 = defineAuthenticator({
@@ -168,60 +181,121 @@ export const sigv4 = defineAuthenticator({
       type: 'sigv4',
       needsBody: true,
       credentialHeaders: cfg.forward ? [] : ['authorization'],
+      credentialQueryParams: cfg.forward || !cfg.presignedUrls ? [] : [...PRESIGN_PARAMS],
       challenge: ALGORITHM,
       verify(req: AuthRequest): Verdict | Promise<Verdict> {
         const auth = singleHeader(req.headers, 'authorization');
-        if (auth === undefined) return skip('AUTH_003', 'no Authorization header');
-        if (auth === 'twice') return deny('AUTH_003', 'Authorization sent more than once');
-        if (!auth.startsWith(`${ALGORITHM} `)) return skip('AUTH_003', `Authorization is not ${ALGORITHM}`);
-        const params = new Map<string, string>();
-        for (const part of auth.slice(ALGORITHM.length + 1).split(',')) {
-          const p = part.trim(), i = p.indexOf('=');
-          if (i <= 0 || params.has(p.slice(0, i))) return deny('AUTH_003', 'malformed Authorization parameters');
-          params.set(p.slice(0, i), p.slice(i + 1));
-        }
-        const credential = params.get('Credential'), signed = params.get('SignedHeaders'), signature = params.get('Signature');
-        if (params.size !== 3 || !credential || !signed || !signature) return deny('AUTH_003', 'Authorization needs exactly Credential, SignedHeaders and Signature');
-        if (!/^[0-9a-f]{64}$/.test(signature)) return deny('AUTH_003', 'Signature is not 64 lower-case hex digits');
-        const scope = credential.split('/');
-        if (scope.length !== 5 || scope[4] !== 'aws4_request' || !/^\d{8}$/.test(scope[1]!)) return deny('AUTH_003', 'Credential is not <key id>/<yyyymmdd>/<region>/<service>/aws4_request');
-        const [keyId, day, region, service] = scope as [string, string, string, string, string];
-        const names = signed.split(';');
-        if (!HEADER_LIST.test(signed) || names.some((n, i) => i > 0 && names[i - 1]! >= n)) return deny('AUTH_003', 'SignedHeaders must be lower-case names, sorted, each once');
-        if (!names.includes('host')) return deny('AUTH_003', 'SignedHeaders must include host');
-        const amzDate = singleHeader(req.headers, 'x-amz-date');
-        if (amzDate === undefined || amzDate === 'twice') return deny('AUTH_003', 'one X-Amz-Date header is required');
-        const m = AMZ_DATE.exec(amzDate);
-        if (!m) return deny('AUTH_003', 'X-Amz-Date is not yyyymmddThhmmssZ');
-        if (!names.includes('x-amz-date')) return deny('AUTH_003', 'SignedHeaders must include x-amz-date');
-        const claimed = singleHeader(req.headers, 'x-amz-content-sha256');
-        if (claimed === 'twice') return deny('AUTH_003', 'x-amz-content-sha256 sent more than once');
-        if (claimed !== undefined && !names.includes('x-amz-content-sha256')) return deny('AUTH_003', 'x-amz-content-sha256 is sent but not signed');
-        // Found or not, revoked or not, in scope or not: no HMAC yet.
-        const k = byId.get(keyId);
-        if (!k) return deny('AUTH_004', `access key ${keyId} not found`);
-        if (k.revoked) return deny('AUTH_004', `access key ${keyId} is revoked`);
-        if (!regions.has(region) || service !== cfg.service) return deny('AUTH_001', `credential scope ${region}/${service} is not accepted here`);
-        if (day !== amzDate.slice(0, 8)) return deny('AUTH_001', 'the credential scope\'s date is not X-Amz-Date\'s');
-        const t = Date.UTC(+m[1]!, +m[2]! - 1, +m[3]!, +m[4]!, +m[5]!, +m[6]!);
-        if (Math.abs(req.now - t) > skewMs) { rt.events.replayRejected(); return deny('AUTH_009', `X-Amz-Date ${Math.round((req.now - t) / 1000)} s from now, window ±${cfg.maxSkewSec} s`); }
-        let payloadHash: string;
-        if (claimed === 'UNSIGNED-PAYLOAD') {
-          if (!cfg.unsignedPayload) return deny('AUTH_001', 'UNSIGNED-PAYLOAD is not accepted (unsignedPayload: false)');
-          payloadHash = claimed;
-        } else {
-          payloadHash = sha256(req.body ?? Buffer.alloc(0));
-          if (claimed !== undefined && claimed !== payloadHash) return deny('AUTH_001', 'x-amz-content-sha256 is not the SHA-256 of the body');
-        }
-        const c = canonicalRequest({ method: req.method, target: req.target ?? `${req.path}${req.query ? `?${req.query}` : ''}`, rawHeaders: req.rawHeaders ?? [], signedHeaders: signed, payloadHash, normalizePath: cfg.normalizePath, pathEncoding: cfg.pathEncoding });
-        if ('error' in c) return deny('AUTH_003', c.error);
-        const sts = `${ALGORITHM}\n${amzDate}\n${day}/${region}/${service}/aws4_request\n${sha256(c.creq)}`;
-        const expected = createHmac('sha256', signingKey(k, day, region)).update(sts).digest();
-        if (!timingSafeEqual(expected, Buffer.from(signature, 'hex'))) return deny('AUTH_001', 'signature does not match');
-        if (!nonces) return k.allowed;
-        const r = nonces.remember(`${k.id}\u0000${signature}`, t + skewMs, req.now);
-        return typeof r === 'string' ? judged(k, r) : r.then((x) => judged(k, x));
+        const s = auth === undefined ? (cfg.presignedUrls ? fromQuery(req) : undefined) : fromHeader(auth);
+        if (s === undefined) return skip('AUTH_003', cfg.presignedUrls ? 'no Authorization header or X-Amz-Signature query parameter' : 'no Authorization header');
+        if ('kind' in s) return s;
+        return check(req, s);
       },
     };
+
+    /** Parameters from the Authorization header; a skip for another scheme. */
+    function fromHeader(auth: string): Signed | Verdict {
+      if (auth === 'twice') return deny('AUTH_003', 'Authorization sent more than once');
+      if (!auth.startsWith(`${ALGORITHM} `)) return skip('AUTH_003', `Authorization is not ${ALGORITHM}`);
+      const params = new Map<string, string>();
+      for (const part of auth.slice(ALGORITHM.length + 1).split(',')) {
+        const p = part.trim(), i = p.indexOf('=');
+        if (i <= 0 || params.has(p.slice(0, i))) return deny('AUTH_003', 'malformed Authorization parameters');
+        params.set(p.slice(0, i), p.slice(i + 1));
+      }
+      const credential = params.get('Credential'), signed = params.get('SignedHeaders'), signature = params.get('Signature');
+      if (params.size !== 3 || !credential || !signed || !signature) return deny('AUTH_003', 'Authorization needs exactly Credential, SignedHeaders and Signature');
+      return { credential, signed, signature };
+    }
+
+    /** Parameters from a presigned URL's query (X-Amz-*); undefined when it carries no signature. */
+    function fromQuery(req: AuthRequest): Signed | Verdict | undefined {
+      const target = req.target ?? '';
+      const q = target.indexOf('?');
+      if (q < 0) return undefined;
+      const found = new Map<string, string>();
+      const kept: string[] = [];
+      for (const part of target.slice(q + 1).split('&')) {
+        const i = part.indexOf('=');
+        const name = decode(i < 0 ? part : part.slice(0, i));
+        if (name !== undefined && PRESIGN_PARAMS.has(name)) {
+          if (found.has(name)) return deny('AUTH_003', `${name} sent more than once`);
+          const v = decode(i < 0 ? '' : part.slice(i + 1));
+          if (v === undefined) return deny('AUTH_003', `malformed ${name}`);
+          found.set(name, v);
+        }
+        // Everything but the signature itself is signed.
+        if (name !== 'X-Amz-Signature') kept.push(part);
+      }
+      if (!found.has('X-Amz-Signature')) return undefined;
+      const [alg, credential, amzDate, expires, signed, signature] = ['X-Amz-Algorithm', 'X-Amz-Credential', 'X-Amz-Date', 'X-Amz-Expires', 'X-Amz-SignedHeaders', 'X-Amz-Signature'].map((n) => found.get(n));
+      if (alg !== ALGORITHM || !credential || !amzDate || !signed || !signature) return deny('AUTH_003', `a presigned URL needs X-Amz-Algorithm=${ALGORITHM}, X-Amz-Credential, X-Amz-Date, X-Amz-SignedHeaders and X-Amz-Signature`);
+      // S3's presigners always send X-Amz-Expires; without it, the window is maxSkewSec either side, as for a signed header.
+      if (expires !== undefined && (!/^\d{1,6}$/.test(expires) || +expires < 1 || +expires > 604_800)) return deny('AUTH_003', 'X-Amz-Expires is not 1 to 604800 seconds');
+      return { credential, signed, signature, presigned: { amzDate, expiresSec: expires === undefined ? undefined : +expires, target: target.slice(0, q) + (kept.length ? `?${kept.join('&')}` : '') } };
+    }
+
+    function check(req: AuthRequest, s: Signed): Verdict | Promise<Verdict> {
+      const { credential, signed, signature, presigned } = s;
+      if (!/^[0-9a-f]{64}$/.test(signature)) return deny('AUTH_003', 'Signature is not 64 lower-case hex digits');
+      const scope = credential.split('/');
+      if (scope.length !== 5 || scope[4] !== 'aws4_request' || !/^\d{8}$/.test(scope[1]!)) return deny('AUTH_003', 'Credential is not <key id>/<yyyymmdd>/<region>/<service>/aws4_request');
+      const [keyId, day, region, service] = scope as [string, string, string, string, string];
+      const names = signed.split(';');
+      if (!HEADER_LIST.test(signed) || names.some((n, i) => i > 0 && names[i - 1]! >= n)) return deny('AUTH_003', 'SignedHeaders must be lower-case names, sorted, each once');
+      if (!names.includes('host')) return deny('AUTH_003', 'SignedHeaders must include host');
+      let amzDate: string;
+      if (presigned) amzDate = presigned.amzDate;
+      else {
+        const h = singleHeader(req.headers, 'x-amz-date');
+        if (h === undefined || h === 'twice') return deny('AUTH_003', 'one X-Amz-Date header is required');
+        if (!names.includes('x-amz-date')) return deny('AUTH_003', 'SignedHeaders must include x-amz-date');
+        amzDate = h;
+      }
+      const m = AMZ_DATE.exec(amzDate);
+      if (!m) return deny('AUTH_003', 'X-Amz-Date is not yyyymmddThhmmssZ');
+      const claimed = singleHeader(req.headers, 'x-amz-content-sha256');
+      if (claimed === 'twice') return deny('AUTH_003', 'x-amz-content-sha256 sent more than once');
+      if (claimed !== undefined && !names.includes('x-amz-content-sha256')) return deny('AUTH_003', 'x-amz-content-sha256 is sent but not signed');
+      // Found or not, revoked or not, in scope or not: no HMAC yet.
+      const k = byId.get(keyId);
+      if (!k) return deny('AUTH_004', `access key ${keyId} not found`);
+      if (k.revoked) return deny('AUTH_004', `access key ${keyId} is revoked`);
+      if (!regions.has(region) || service !== cfg.service) return deny('AUTH_001', `credential scope ${region}/${service} is not accepted here`);
+      if (day !== amzDate.slice(0, 8)) return deny('AUTH_001', 'the credential scope\'s date is not X-Amz-Date\'s');
+      const t = Date.UTC(+m[1]!, +m[2]! - 1, +m[3]!, +m[4]!, +m[5]!, +m[6]!);
+      let until: number;
+      if (presigned?.expiresSec !== undefined) {
+        until = t + presigned.expiresSec * 1000;
+        if (req.now < t - skewMs || req.now > until) { rt.events.replayRejected(); return deny('AUTH_009', req.now > until ? `presigned URL expired ${Math.round((req.now - until) / 1000)} s ago` : 'presigned URL dated in the future'); }
+      } else {
+        until = t + skewMs;
+        if (Math.abs(req.now - t) > skewMs) { rt.events.replayRejected(); return deny('AUTH_009', `X-Amz-Date ${Math.round((req.now - t) / 1000)} s from now, window ±${cfg.maxSkewSec} s`); }
+      }
+      // The payload hashes the signer may have used: the one it sent, else the body's (and, for a presigned URL
+      // where accepted, UNSIGNED-PAYLOAD as S3's presigners use).
+      const hashes: string[] = [];
+      if (claimed === 'UNSIGNED-PAYLOAD') {
+        if (!cfg.unsignedPayload) return deny('AUTH_001', 'UNSIGNED-PAYLOAD is not accepted (unsignedPayload: false)');
+        hashes.push(claimed);
+      } else {
+        const body = sha256(req.body ?? Buffer.alloc(0));
+        if (claimed !== undefined && claimed !== body) return deny('AUTH_001', 'x-amz-content-sha256 is not the SHA-256 of the body');
+        hashes.push(body);
+        if (presigned && claimed === undefined && cfg.unsignedPayload) hashes.push('UNSIGNED-PAYLOAD');
+      }
+      const given = Buffer.from(signature, 'hex');
+      const target = presigned?.target ?? req.target ?? `${req.path}${req.query ? `?${req.query}` : ''}`;
+      let match = false;
+      for (const payloadHash of hashes) {
+        const c = canonicalRequest({ method: req.method, target, rawHeaders: req.rawHeaders ?? [], signedHeaders: signed, payloadHash, normalizePath: cfg.normalizePath, pathEncoding: cfg.pathEncoding });
+        if ('error' in c) return deny('AUTH_003', c.error);
+        const sts = `${ALGORITHM}\n${amzDate}\n${day}/${region}/${service}/aws4_request\n${sha256(c.creq)}`;
+        if (timingSafeEqual(createHmac('sha256', signingKey(k, day, region)).update(sts).digest(), given)) { match = true; break; }
+      }
+      if (!match) return deny('AUTH_001', 'signature does not match');
+      if (!nonces) return k.allowed;
+      const r = nonces.remember(`${k.id}\u0000${signature}`, until, req.now);
+      return typeof r === 'string' ? judged(k, r) : r.then((x) => judged(k, x));
+    }
   },
 });

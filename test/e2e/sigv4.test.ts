@@ -29,7 +29,17 @@ authenticators:
     pathEncoding: single
     keys:
       - { accessKeyId: AKIAPORTCULLIS0001, secret: "${SECRET}", subject: build-bot }
+  aws-links:
+    type: sigv4
+    region: us-east-1
+    service: execute-api
+    presignedUrls: true
+    keys:
+      - { accessKeyId: AKIAPORTCULLIS0001, secret: "${SECRET}", subject: link-holder }
 policies:
+  - name: links
+    match: { paths: ["/links/**"] }
+    authenticate: aws-links
   - name: single
     match: { paths: ["/single/**"] }
     authenticate: aws-single
@@ -99,14 +109,15 @@ t.test('what curl signs wrongly is refused with the exact code, and nothing is f
 });
 
 /** A request signed by the aws4 package, sent with Node's https client. */
-function aws4Request(o: { method?: string; path: string; body?: string; headers?: Record<string, string>; region?: string }): Promise<{ status: number; body: string }> {
+function aws4Request(o: { method?: string; path: string; body?: string; headers?: Record<string, string>; region?: string; signQuery?: boolean; tamper?: (path: string) => string; port?: number }): Promise<{ status: number; body: string }> {
   const opts: Record<string, unknown> = {
     host: 'a.test', method: o.method ?? 'GET', path: o.path, service: 'execute-api', region: o.region ?? 'us-east-1',
-    headers: { ...(o.headers ?? {}) }, ...(o.body !== undefined ? { body: o.body } : {}),
+    headers: { ...(o.headers ?? {}) }, ...(o.body !== undefined ? { body: o.body } : {}), ...(o.signQuery ? { signQuery: true } : {}),
   };
   aws4.sign(opts, { accessKeyId: 'AKIAPORTCULLIS0001', secretAccessKey: SECRET });
+  if (o.tamper) opts.path = o.tamper(opts.path as string);
   return new Promise((resolve, reject) => {
-    const req = https.request({ host: '127.0.0.1', port: h.port, servername: 'a.test', ca: fx.ca.certPem, method: opts.method as string, path: opts.path as string, headers: opts.headers as Record<string, string>, agent: false }, (res) => {
+    const req = https.request({ host: '127.0.0.1', port: o.port ?? h.port, servername: 'a.test', ca: fx.ca.certPem, method: opts.method as string, path: opts.path as string, headers: opts.headers as Record<string, string>, agent: false }, (res) => {
       let b = '';
       res.on('data', (c) => { b += c; });
       res.on('end', () => resolve({ status: res.statusCode!, body: b }));
@@ -128,4 +139,40 @@ t.test('aws4 (AWS\'s own rule for escaped paths): escapes, an unsorted query, a 
   t.equal(h.seen.at(-1)!.body, body);
   r = await aws4Request({ path: '/single/a%20b' });
   t.same([r.status, JSON.parse(r.body).error.code], [401, 'AUTH_001'], 'and the double-encoded signature refused where pathEncoding is single');
+});
+
+t.test('presigned URLs (presignedUrls: true): served within X-Amz-Expires, the signature kept from the upstream', async (t) => {
+  let r = await aws4Request({ path: '/links/report.csv?format=csv', signQuery: true });
+  t.equal(r.status, 200, r.body);
+  const up = h.seen.at(-1)!;
+  t.equal(up.headers['x-auth-user-id'], 'link-holder');
+  t.equal(up.url, '/links/report.csv?format=csv', 'the upstream gets the URL without the X-Amz-* parameters');
+  r = await aws4Request({ path: '/links/report.csv?format=csv', signQuery: true, tamper: (p) => p.replace('format=csv', 'format=xlsx') });
+  t.same([r.status, JSON.parse(r.body).error.code], [401, 'AUTH_001'], 'a parameter changed after signing');
+  r = await aws4Request({ path: '/links/report.csv', signQuery: true, tamper: (p) => `${p}&X-Amz-Signature=${'0'.repeat(64)}` });
+  t.same([r.status, JSON.parse(r.body).error.code], [401, 'AUTH_003'], 'X-Amz-Signature twice');
+  r = await aws4Request({ path: '/v1/report.csv', signQuery: true });
+  t.same([r.status, JSON.parse(r.body).error.code], [401, 'AUTH_003'], 'not accepted where presignedUrls is off (the default)');
+  // The same links, judged by servers whose clocks run ahead. Without X-Amz-Expires (aws4 sends
+  // none outside S3) a link lives maxSkewSec (300 s); with X-Amz-Expires=600, 600 s.
+  const ahead = async (ms: number) => startHarness(fx, baseConfig(`
+authenticators:
+  aws-links: { type: sigv4, region: us-east-1, service: execute-api, presignedUrls: true, keys: [ { accessKeyId: AKIAPORTCULLIS0001, secret: "${SECRET}", subject: s } ] }
+policies:
+  - { name: links, match: { paths: ["/links/**"] }, authenticate: aws-links }
+`), { now: () => Date.now() + ms });
+  const eight = await ahead(8 * 60_000), twenty = await ahead(20 * 60_000);
+  try {
+    r = await aws4Request({ path: '/links/report.csv', signQuery: true, port: eight.port });
+    t.same([r.status, JSON.parse(r.body).error.code], [401, 'AUTH_009'], 'no X-Amz-Expires, 8 minutes on: expired');
+    r = await aws4Request({ path: '/links/report.csv?X-Amz-Expires=600', signQuery: true, port: eight.port });
+    t.equal(r.status, 200, 'X-Amz-Expires=600, 8 minutes on: still valid');
+    t.equal(eight.seen.at(-1)!.url, '/links/report.csv', 'X-Amz-Expires removed too');
+    r = await aws4Request({ path: '/links/report.csv?X-Amz-Expires=600', signQuery: true, port: twenty.port });
+    t.same([r.status, JSON.parse(r.body).error.code], [401, 'AUTH_009'], 'X-Amz-Expires=600, 20 minutes on: expired');
+    t.match(twenty.logs.filter((l) => l.msg === 'denied').map((l) => l.reason).join(' '), /presigned URL expired \d+ s ago/);
+  } finally {
+    await eight.close();
+    await twenty.close();
+  }
 });

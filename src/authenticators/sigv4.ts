@@ -285,14 +285,23 @@ export const sigv4 = defineAuthenticator({
       }
       const given = Buffer.from(signature, 'hex');
       const target = presigned?.target ?? req.target ?? `${req.path}${req.query ? `?${req.query}` : ''}`;
-      let match = false;
+      let match = false, first: { creq: string; sts: string } | undefined;
       for (const payloadHash of hashes) {
         const c = canonicalRequest({ method: req.method, target, rawHeaders: req.rawHeaders ?? [], signedHeaders: signed, payloadHash, normalizePath: cfg.normalizePath, pathEncoding: cfg.pathEncoding });
         if ('error' in c) return deny('AUTH_003', c.error);
         const sts = `${ALGORITHM}\n${amzDate}\n${day}/${region}/${service}/aws4_request\n${sha256(c.creq)}`;
+        first ??= { creq: c.creq, sts };
         if (timingSafeEqual(createHmac('sha256', signingKey(k, day, region)).update(sts).digest(), given)) { match = true; break; }
       }
-      if (!match) return deny('AUTH_001', 'signature does not match');
+      if (!match) {
+        // What to compare with the signer's own (AWS SDKs can log theirs): the canonical request's
+        // SHA-256, which is the string to sign's last line. The request itself only in `explain`,
+        // where the operator typed it: live, signed header values (a session token) stay out of the logs.
+        const hash = first!.sts.slice(first!.sts.lastIndexOf('\n') + 1);
+        return deny('AUTH_001', rt.offline
+          ? `signature does not match; the canonical request here:\n${first!.creq}\nand the string to sign:\n${first!.sts}`
+          : `signature does not match (canonical request SHA-256 here: ${hash}; compare with the signer's)`);
+      }
       if (!nonces) return k.allowed;
       const r = nonces.remember(`${k.id}\u0000${signature}`, until, req.now);
       return typeof r === 'string' ? judged(k, r) : r.then((x) => judged(k, x));

@@ -176,3 +176,30 @@ policies:
     await twenty.close();
   }
 });
+
+t.test('a signature that does not match says what to compare: the canonical request\'s hash live, the request itself in explain', async (t) => {
+  const { explain, formatExplanation } = await import('../../src/explain.ts');
+  const { loadConfigFetching } = await import('../../src/config/load.ts');
+  const { Runtime } = await import('../../src/runtime.ts');
+  const opts: Record<string, unknown> = { host: 'a.test', method: 'GET', path: '/v1/things?b=2&a=1', service: 'execute-api', region: 'us-east-1', headers: {} };
+  aws4.sign(opts, { accessKeyId: 'AKIAPORTCULLIS0001', secretAccessKey: `${SECRET}-not-it` });
+  const headers = Object.entries(opts.headers as Record<string, string>).filter(([n]) => n.toLowerCase() !== 'host').map(([n, v]) => `${n}: ${v}`);
+  const cfg = await loadConfigFetching(h.configFile, { runtime: new Runtime({ offline: true }) });
+  const e = await explain(cfg, { method: 'GET', url: 'https://a.test/v1/things?b=2&a=1', headers });
+  if ('error' in e) throw new Error(e.error);
+  t.equal(e.decision?.code, 'AUTH_001');
+  const text = formatExplanation(e);
+  t.match(text, /signature does not match; the canonical request here:\nGET\n\/v1\/things\na=1&b=2\nhost:a\.test\nx-amz-date:\d{8}T\d{6}Z\n\nhost;x-amz-date\ne3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855\nand the string to sign:\nAWS4-HMAC-SHA256\n/, 'explain shows the canonical request and the string to sign');
+  // Live, from the wrong-secret request above: the hash, not the request.
+  const r = await new Promise<{ status: number; body: string }>((resolve, reject) => {
+    const req = https.request({ host: '127.0.0.1', port: h.port, servername: 'a.test', ca: fx.ca.certPem, path: '/v1/things?b=2&a=1', headers: opts.headers as Record<string, string>, agent: false }, (res) => { let b = ''; res.on('data', (c) => { b += c; }); res.on('end', () => resolve({ status: res.statusCode!, body: b })); });
+    req.on('error', reject);
+    req.end();
+  });
+  t.equal(r.status, 401);
+  const id = JSON.parse(r.body).error.requestId;
+  const { until } = await import('../helpers/harness.ts');
+  await until('the denial logged', () => h.logs.some((l) => l.msg === 'denied' && l.requestId === id));
+  const reason = h.logs.find((l) => l.msg === 'denied' && l.requestId === id)!.reason as string;
+  t.match(reason, /^signature does not match \(canonical request SHA-256 here: [0-9a-f]{64}; compare with the signer's\)$/, 'live: the hash only');
+});

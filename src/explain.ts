@@ -51,7 +51,7 @@ export async function explain(cfg: CompiledConfig, input: ExplainInput, now = Da
   let ocsp: string | undefined;
   if (cfg.tls.ocsp && clientCert.verified && clientCert.cert) {
     const a = await cfg.tls.ocsp.answer(clientCert.cert, now);
-    const v = cfg.tls.ocsp.verdictFor(clientCert.cert, a);
+    const v = cfg.tls.ocsp.verdict(clientCert.cert, a);
     ocsp = `${a.status}${a.detail ? `: ${a.detail}` : ''}${a.status !== 'good' && !v ? ` (${cfg.tls.ocsp.settings.mode}: let through)` : ''}`;
     clientCert = v ?? clientCert;
   }

@@ -318,8 +318,9 @@ export class PortcullisServer {
     this.#crlTimer = setTimeout(() => {
       const urls = this.#config.tls.crlUrls;
       void this.#config.runtime.crls.fetch(urls, CRL_FETCH_TIMEOUT_MS, this.#config.runtime.events).then((changed) => {
-        if (changed) { this.logger.info({ msg: 'a CRL fetched by URL changed: reloading', urls }); this.reloadFromFile(); }
-        this.#scheduleCrlRefresh();
+        if (changed) this.logger.info({ msg: 'a CRL fetched by URL changed: reloading', urls });
+        // A reload schedules the next fetch itself.
+        if (!(changed && this.reloadFromFile())) this.#scheduleCrlRefresh();
       });
     }, t.crlRefreshSec * 1000);
     this.#crlTimer.unref();

@@ -78,7 +78,7 @@ export function canonicalUri(rawPath: string, normalize: boolean, encoding: 'dou
 }
 
 /** The canonical query string: each name and value decoded, encoded again, sorted. */
-export function canonicalQuery(rawQuery: string): string | undefined {
+function canonicalQuery(rawQuery: string): string | undefined {
   const pairs: [string, string][] = [];
   for (const part of rawQuery.split('&')) {
     if (!part) continue;

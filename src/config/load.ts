@@ -150,10 +150,10 @@ export function loadConfig(file: string, opts: Partial<CompileOptions> = {}): Co
  * and was never fetched fails the load, with the reason.
  */
 export async function loadConfigFetching(file: string, opts: Partial<CompileOptions> & { refetch?: readonly string[] } = {}): Promise<CompiledConfig> {
-  const runtime = opts.runtime ?? new Runtime();
-  const o = { ...opts, runtime };
-  delete o.refetch;
-  if (opts.refetch?.length) await runtime.crls.fetch(opts.refetch, CRL_FETCH_TIMEOUT_MS, runtime.events);
+  const { refetch, ...rest } = opts;
+  const runtime = rest.runtime ?? new Runtime();
+  const o = { ...rest, runtime };
+  if (refetch?.length) await runtime.crls.fetch(refetch, CRL_FETCH_TIMEOUT_MS, runtime.events);
   try {
     return loadConfig(file, o);
   } catch (e) {

@@ -260,34 +260,28 @@ export class OcspChecker {
   }
 
   /**
-   * The certificate's status: undefined when it may pass, else the verdict that replaces
-   * the handshake's. Synchronous while a cached answer is current. Never rejects.
+   * The certificate's current answer: synchronous while a cached one is current (refreshed in
+   * the background once three quarters of its life are gone), else asked now. Never rejects.
    */
-  check(cert: PeerCert, now: number): ClientCertVerdict | undefined | Promise<ClientCertVerdict | undefined> {
+  answer(cert: PeerCert, now: number): OcspAnswer | Promise<OcspAnswer> {
     const q = this.#questions.get(cert.fingerprint) ?? this.#prepare(cert);
-    if ('error' in q) return this.#verdict(cert, { status: 'error', detail: q.error, until: 0, refreshAt: 0 });
+    if ('error' in q) return { status: 'error', detail: q.error, until: 0, refreshAt: 0 };
     const hit = this.#cache.answers.get(q.key);
     if (hit && now < hit.until) {
       if (now >= hit.refreshAt) void this.#lookup(q, now);
-      return this.#verdict(cert, hit);
+      return hit;
     }
-    return this.#lookup(q, now).then((a) => this.#verdict(cert, a));
+    return this.#lookup(q, now);
   }
 
-  /** The answer itself (for `explain`): cached, or asked now. */
-  answer(cert: PeerCert, now: number): Promise<OcspAnswer> {
-    const q = this.#questions.get(cert.fingerprint) ?? this.#prepare(cert);
-    if ('error' in q) return Promise.resolve({ status: 'error', detail: q.error, until: 0, refreshAt: 0 });
-    const hit = this.#cache.answers.get(q.key);
-    return hit && now < hit.until ? Promise.resolve(hit) : this.#lookup(q, now);
+  /** The certificate's status: undefined when it may pass, else the verdict that replaces the handshake's. */
+  check(cert: PeerCert, now: number): ClientCertVerdict | undefined | Promise<ClientCertVerdict | undefined> {
+    const a = this.answer(cert, now);
+    return a instanceof Promise ? a.then((x) => this.verdict(cert, x)) : this.verdict(cert, a);
   }
 
   /** What an answer means for the certificate under this mode: undefined when it may pass. */
-  verdictFor(cert: PeerCert, a: OcspAnswer): ClientCertVerdict | undefined {
-    return this.#verdict(cert, a);
-  }
-
-  #verdict(cert: PeerCert, a: OcspAnswer): ClientCertVerdict | undefined {
+  verdict(cert: PeerCert, a: OcspAnswer): ClientCertVerdict | undefined {
     if (a.status === 'good') return undefined;
     if (a.status === 'revoked') return { present: true, verified: false, problem: 'revoked', detail: `OCSP: ${a.detail}`, cert };
     if (this.settings.mode === 'best-effort') return undefined;

@@ -114,7 +114,6 @@ export function makeCrl(ca: Issued, revokedSerials: string[], opts: { thisUpdate
 
 export interface DevPki { dir: string; files: Record<string, string> }
 
-/** `portcullis certs dev`: a CA, a server certificate for the hosts, a client certificate, an empty CRL. */
 /**
  * `mkdir -p`, one level at a time. Node's `recursive: true` spins for ever where mkdir answers
  * ENOENT under a parent that exists (anything under /proc or /sys); this throws that ENOENT.
@@ -128,6 +127,7 @@ function makeDirs(dir: string): void {
   for (const d of missing) mkdirSync(d);
 }
 
+/** `portcullis certs dev`: a CA, a server certificate for the hosts, a client certificate, an empty CRL. */
 export function writeDevPki(dir: string, hosts: string[]): DevPki {
   makeDirs(dir);
   const ca = issue({ cn: 'Portcullis Dev CA', o: 'Portcullis dev', ca: true, notAfter: new Date(Date.now() + 3650 * DAY) });

@@ -3,7 +3,7 @@
 // point, in Jacobian coordinates with a single inversion at the end. OpenSSL has no fast
 // code for this curve: its k·G (an ECDH key set from k) costs ~0.38 ms here, k·G + K here ~0.19 ms
 // (bench/RESULTS.md, twenty-first round). Public inputs only: nothing here handles a secret.
-export const P = 2n ** 256n - 2n ** 32n - 977n;
+const P = 2n ** 256n - 2n ** 32n - 977n;
 export const N = 0xfffffffffffffffffffffffffffffffebaaedce6af48a03bbfd25e8cd0364141n;
 const GX = 0x79be667ef9dcbbac55a06295ce870b07029bfcdb2dce28d959f2815b16f81798n;
 const GY = 0x483ada7726a3c4655da4fbfc0e1108a8fd17b448a68554199c47d08ffb10d4b8n;
@@ -25,7 +25,7 @@ const sub = (a: bigint, b: bigint) => (a >= b ? a - b : a - b + P);
 const small = (x: bigint) => x % P; // small multiples of reduced values
 
 /** a⁻¹ mod P by the extended Euclidean algorithm (a ≢ 0). */
-export function inverse(a: bigint): bigint {
+function inverse(a: bigint): bigint {
   let r0 = ((a % P) + P) % P, r1 = P, s0 = 1n, s1 = 0n;
   while (r1 !== 0n) {
     const q = r0 / r1;
